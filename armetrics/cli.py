@@ -1,0 +1,197 @@
+"""The ``armetrics`` command: thin click commands over the Python API.
+
+Errors raised by armetrics print as one line ``error: ...`` with exit code 1 (usage
+errors: 2; Ctrl-C / SIGTERM: 130); ``--debug`` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import sys
+from pathlib import Path
+
+import click
+
+from . import __version__
+from .errors import ArmetricsError, ConfigError
+
+DEFAULT_PROBES = "accuracy"
+
+
+def _floats(text: str | None, name: str) -> list[float] | None:
+    if text is None:
+        return None
+    try:
+        return [float(v) for v in text.replace(" ", "").split(",") if v]
+    except ValueError:
+        raise ConfigError(f"{name} takes comma-separated numbers, e.g. {name} 0.4914,0.4822,0.4465") from None
+
+
+def _arch_kwargs(text: str | None) -> dict:
+    if not text:
+        return {}
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"--arch-kwargs is not JSON ({exc.msg}): write e.g. --arch-kwargs '{{\"num_classes\": 10}}'") from None
+    if not isinstance(value, dict):
+        raise ConfigError("--arch-kwargs must be a JSON object, e.g. '{\"depth\": 28}'")
+    return value
+
+
+def _fmt(v) -> str:
+    if v is None or (isinstance(v, float) and not math.isfinite(v)):
+        return "n/a"
+    if isinstance(v, float):
+        return f"{v:.4g}" if abs(v) >= 1e-3 or v == 0 else f"{v:.3e}"
+    return str(v)
+
+
+def format_summary(report) -> str:
+    m, d = report.model, report.data.get("data")
+    head = f"model {m.get('name')} ({m.get('format')}, {m.get('num_parameters', 0) / 1e6:.2f}M parameters)"
+    if d:
+        head += f"   data {d['source']} n={d['n']} seed={d['seed']}"
+    lines = [head]
+    if m.get("nonfinite_parameters"):
+        lines.append(f"warning: non-finite weights in {', '.join(m['nonfinite_parameters'][:5])}")
+    for probe in report.probes:
+        summary = report.summary(probe)
+        secs = report.data["probes"][probe].get("seconds")
+        for i, (k, v) in enumerate(summary.items()):
+            left = probe if i == 0 else ""
+            tail = f"   ({secs:.2f}s)" if i == 0 and secs is not None else ""
+            lines.append(f"  {left:<18} {k:<28} {_fmt(v)}{tail}")
+    return "\n".join(lines)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="armetrics")
+def cli() -> None:
+    """Measure what adversarial training does to a trained network."""
+
+
+@cli.command()
+@click.argument("models", nargs=-1, required=True, metavar="MODEL...")
+@click.option("--arch", metavar="SPEC", help="Architecture for weight-only files: pkg.mod:fn, file.py:fn or robustbench:NAME.")
+@click.option("--arch-kwargs", metavar="JSON", help="Keyword arguments for the architecture callable, as a JSON object.")
+@click.option("--probes", default=DEFAULT_PROBES, show_default=True, help="Comma-separated probe names (see `armetrics probes`).")
+@click.option("--data", "data_src", default="cifar10-sample", show_default=True, metavar="SRC",
+              help="cifar10-sample, an ImageFolder dir, a cifar-10-batches-py dir, or an .npz with x and y.")
+@click.option("-n", "n", type=int, default=None, help="Number of images (default: all of SRC).")
+@click.option("--batch-size", type=int, default=256, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True, help="Which images, their order, and probe randomness.")
+@click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:1, ...")
+@click.option("--set", "sets", multiple=True, metavar="PROBE.OPT=VALUE", help="A probe option; repeatable.")
+@click.option("--mean", metavar="M1,M2,M3", help="Per-channel mean the model expects inputs normalized with.")
+@click.option("--std", metavar="S1,S2,S3", help="Per-channel std the model expects inputs normalized with.")
+@click.option("--model-dir", default="models", show_default=True, help="RobustBench model directory (DIR/<dataset>/<threat>/<NAME>.pt).")
+@click.option("--dataset", default="cifar10", show_default=True, help="RobustBench dataset for robustbench:NAME.")
+@click.option("--threat-model", default="Linf", show_default=True, help="RobustBench threat model for robustbench:NAME.")
+@click.option("--trust-pickle", is_flag=True, help="Allow files holding pickled Python objects (can run arbitrary code).")
+@click.option("-o", "--out", type=click.Path(dir_okay=False), help="Write the report JSON here ('-' for stdout).")
+@click.option("--out-dir", type=click.Path(file_okay=False), help="With several models: one report each, DIR/<name>.json.")
+@click.option("--quiet", is_flag=True, help="No progress bar or notes.")
+@click.option("--debug", is_flag=True, help="Show tracebacks.")
+def analyze(models, arch, arch_kwargs, probes, data_src, n, batch_size, seed, device, sets, mean, std, model_dir,
+            dataset, threat_model, trust_pickle, out, out_dir, quiet, debug) -> None:
+    """Analyze MODEL (a checkpoint file or robustbench:NAME) with the selected probes."""
+    from .engine import analyze as run_analysis, make_probes
+    from .options import parse_sets
+
+    options = parse_sets(sets)
+    make_probes(probes, options)  # validate names and options before loading anything
+    if len(models) > 1 and not out_dir:
+        raise click.UsageError("several MODELs need --out-dir DIR (one report per model)")
+    if out and out_dir:
+        raise click.UsageError("use --out for one model or --out-dir for several, not both")
+    load_kwargs = dict(arch=arch, arch_kwargs=_arch_kwargs(arch_kwargs), trust_pickle=trust_pickle,
+                       model_dir=model_dir, dataset=dataset, threat_model=threat_model,
+                       mean=_floats(mean, "--mean"), std=_floats(std, "--std"), device=device)
+    from .data import load_data
+    from .loading import load_model
+
+    needs_data = _needs_data(probes)
+    data = load_data(data_src, n=n, batch_size=batch_size, seed=seed) if needs_data else None
+    progress = False if quiet else None
+    if out_dir:
+        from .sweep import run_sweep
+
+        ok = run_sweep(models, Path(out_dir), load_kwargs, data, probes, options, seed, device, progress, quiet)
+        sys.exit(0 if ok else 1)
+    model = load_model(models[0], **load_kwargs)
+    report = run_analysis(model, data, probes, options=options, seed=seed, device=device, progress=progress,
+                          out_path=None if out in (None, "-") else out)
+    table = format_summary(report)
+    if out == "-":
+        click.echo(report.to_json(), nl=False)
+        click.echo(table, err=True)
+        return
+    if out:
+        report.save(out)
+    click.echo(table)
+    if out and not quiet:
+        click.echo(f"report written to {out}", err=True)
+
+
+def _needs_data(probes: str) -> bool:
+    from .registry import get_probe
+
+    return any(get_probe(p.strip()).needs_data for p in probes.split(",") if p.strip())
+
+
+@cli.command("probes")
+@click.argument("pattern", required=False)
+@click.option("--debug", is_flag=True, help="Show tracebacks.")
+def probes_cmd(pattern, debug) -> None:
+    """List the probes: name, meaning, options (PATTERN filters names, e.g. 'm*')."""
+    from .registry import get_probe, list_probes
+
+    for name in list_probes(pattern):
+        cls = get_probe(name)
+        kind = "data" if cls.needs_data else "weights only"
+        click.echo(f"{name}  [{kind}]  {cls.description}")
+        for opt in cls.options().values():
+            default = "none" if opt.default is None else opt.default
+            click.echo(f"    --set {name}.{opt.name}=<{opt.describe_type()}>  default {default}"
+                       + (f"  {opt.help}" if opt.help else ""))
+
+
+def _on_sigterm(signum, _frame):
+    raise KeyboardInterrupt
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point. Exits with 0, 1 (armetrics error), 2 (usage) or 130 (interrupted).
+    Called without ``argv`` (the console script), it also turns SIGTERM into a clean
+    interruption."""
+    if argv is None:
+        argv = sys.argv[1:]
+        signal.signal(signal.SIGTERM, _on_sigterm)
+    argv = list(argv)
+    debug = "--debug" in argv or bool(os.environ.get("ARMETRICS_DEBUG"))
+    try:
+        rv = cli.main(args=argv, prog_name="armetrics", standalone_mode=False)
+        sys.exit(rv if isinstance(rv, int) else 0)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except (KeyboardInterrupt, click.exceptions.Abort):
+        click.echo("error: interrupted (no report was written or changed)", err=True)
+        sys.exit(130)
+    except ArmetricsError as exc:
+        if debug:
+            raise
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(1)
+    except Exception as exc:  # an armetrics bug or an unexpected library error
+        if debug:
+            raise
+        first = (str(exc).strip().splitlines() or [""])[0][:300]
+        click.echo(f"error: unexpected {type(exc).__name__}: {first} (rerun with --debug for a traceback)", err=True)
+        sys.exit(1)

@@ -1,0 +1,237 @@
+"""``analyze()``: run the selected probes on a model — weight-only probes first, then
+ONE streamed pass over the data shared by every data probe.
+
+Per batch the model runs forward exactly once (under ``torch.no_grad``); forward
+hooks capture only the layers some probe asked for, and the captured features are
+dropped after the batch. Probes that need gradients or extra passes (e.g.
+``smoothness``) make them inside their own ``update`` under ``torch.enable_grad()``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import platform
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+import torch
+from torch import nn
+
+from . import __version__
+from .data import Data, load_data
+from .errors import ConfigError, DataError, ProbeError
+from .hooks import capture_outputs, check_captured
+from .loading import eval_mode
+from .options import resolve_options
+from .probe import Batch, Context, Probe, ProbeResult
+from .registry import get_probe
+from .report import SCHEMA, Report, to_jsonable
+
+
+def make_probes(probes: Iterable[str | Probe] | str, options: Mapping[str, Mapping[str, Any]] | None = None) -> list[Probe]:
+    """Instantiate probes by name with their options (``{"margin": {"bins": 30}}``)."""
+    if isinstance(probes, str):
+        probes = [p.strip() for p in probes.split(",") if p.strip()]
+    options = dict(options or {})
+    out: list[Probe] = []
+    names = []
+    for p in probes:
+        if isinstance(p, Probe):
+            out.append(p)
+            names.append(p.name)
+            continue
+        cls = get_probe(p)
+        kwargs = resolve_options(p, cls.options(), options.get(p, {}))
+        out.append(cls(**kwargs))
+        names.append(p)
+    if not out:
+        raise ConfigError("no probes selected: pass e.g. --probes accuracy (see `armetrics probes`)")
+    for name in options:
+        if name not in names:
+            raise ConfigError(f"--set names probe {name!r}, which is not selected: add it to --probes ({', '.join(names)})")
+    dup = {n for n in names if names.count(n) > 1}
+    if dup:
+        raise ConfigError(f"probe {', '.join(sorted(dup))} selected twice: name each probe once")
+    return out
+
+
+def weights_sha256(model: nn.Module) -> str:
+    """Hash of the state_dict (names, shapes, dtypes, bytes): identifies in-memory weights."""
+    h = hashlib.sha256()
+    for k, v in sorted(model.state_dict().items()):
+        h.update(k.encode())
+        if isinstance(v, torch.Tensor):
+            t = v.detach().cpu().contiguous()
+            h.update(f"{tuple(t.shape)}{t.dtype}".encode())
+            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def model_section(model: nn.Module) -> dict[str, Any]:
+    info = getattr(model, "armetrics_info", None)
+    base = info.to_dict() if info is not None else {
+        "source": "<in-memory>", "name": type(model).__name__, "format": "module",
+        "sha256": None, "arch": f"{type(model).__module__}.{type(model).__qualname__}", "notes": []}
+    if not base.get("sha256"):
+        base["sha256"] = weights_sha256(model)
+    base["num_parameters"] = int(sum(p.numel() for p in model.parameters()))
+    bad = [n for n, p in model.named_parameters() if not torch.isfinite(p).all()]
+    bad += [n for n, b in model.named_buffers() if b.is_floating_point() and not torch.isfinite(b).all()]
+    if bad:
+        base["nonfinite_parameters"] = bad
+    return base
+
+
+def _result_entry(probe: Probe, result: ProbeResult, seconds: float) -> dict[str, Any]:
+    entry = {"config": probe.config, "summary": result.summary, "layers": result.layers,
+             "distributions": result.distributions, "seconds": seconds}
+    if result.details:
+        entry["details"] = result.details
+    return entry
+
+
+def _forward(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    try:
+        out = model(x)
+    except (RuntimeError, ValueError, TypeError, IndexError, AssertionError) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        raise DataError(
+            f"the model rejected input of shape {tuple(x.shape)} ({first}): "
+            f"give data of the size the model expects (--data) or check --arch"
+        ) from None
+    if isinstance(out, (tuple, list)):
+        out = out[0]
+    if not isinstance(out, torch.Tensor) or out.ndim != 2:
+        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise ProbeError(f"the model returned {shape}, not logits of shape (batch, classes): wrap it to return logits")
+    return out
+
+
+def _check_classes(logits: torch.Tensor, y: torch.Tensor, data: Data) -> None:
+    k = logits.shape[1]
+    if data.num_classes and k != data.num_classes:
+        raise DataError(
+            f"the model outputs {k} classes but the data has {data.num_classes}: use data of the "
+            f"model's dataset (or a model trained for these labels)"
+        )
+    if y.numel() and int(y.max()) >= k:
+        raise DataError(f"label {int(y.max())} is out of range for a model with {k} classes: check --data")
+
+
+def analyze(
+    model: nn.Module,
+    data: "Data | str | Path | None" = None,
+    probes: "Sequence[str | Probe] | str" = ("accuracy",),
+    *,
+    options: Mapping[str, Mapping[str, Any]] | None = None,
+    seed: int = 0,
+    device: "str | torch.device | None" = None,
+    progress: bool | None = None,
+    out_path: str | Path | None = None,
+) -> Report:
+    """Run ``probes`` on ``model`` and return a :class:`~armetrics.report.Report`.
+
+    ``data``: a :class:`~armetrics.data.Data`, a source name/path (see
+    :func:`~armetrics.data.load_data`), or None for the packaged ``cifar10-sample``
+    (only loaded when a data probe is selected). ``options``: per-probe keyword
+    options. ``progress``: a tqdm bar (default: when stderr is a terminal).
+    ``out_path``: where the report will be saved (probes may write files beside it).
+    """
+    started = time.perf_counter()
+    probe_objs = make_probes(probes, options)
+    if device is None:
+        first = next(iter(model.parameters()), None)
+        device = first.device if first is not None else torch.device("cpu")
+    device = torch.device(device)
+    model = eval_mode(model.to(device))
+    torch.manual_seed(seed)
+
+    weight_probes = [p for p in probe_objs if not p.needs_data]
+    data_probes = [p for p in probe_objs if p.needs_data]
+    if data_probes:
+        data = load_data(data if data is not None else "cifar10-sample", seed=seed) if not isinstance(data, Data) else data
+    elif data is not None and not isinstance(data, Data):
+        data = None  # weight-only run: data is never touched
+
+    ctx = Context(model=model, device=device, seed=seed,
+                  num_classes=data.num_classes if isinstance(data, Data) else None,
+                  input_shape=data.sample_shape() if isinstance(data, Data) else None,
+                  out_path=str(out_path) if out_path else None)
+    entries: dict[str, dict[str, Any]] = {}
+    for p in weight_probes:
+        t = time.perf_counter()
+        p.setup(ctx)
+        result = p.compute()
+        ctx.results[p.name] = result
+        entries[p.name] = _result_entry(p, result, time.perf_counter() - t)
+
+    run: dict[str, Any] = {"seed": seed}
+    if data_probes:
+        run.update(_data_pass(model, data, data_probes, ctx, entries, progress))
+    run["seconds"] = time.perf_counter() - started
+
+    report = {
+        "schema": SCHEMA,
+        "armetrics_version": __version__,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "model": model_section(model),
+        "data": data.info.to_dict() if isinstance(data, Data) and data_probes else None,
+        "environment": {"torch": torch.__version__, "device": str(device), "python": platform.python_version(),
+                        "platform": platform.platform(), "threads": torch.get_num_threads()},
+        "run": run,
+        "probes": {p.name: entries[p.name] for p in probe_objs},
+    }
+    return Report(to_jsonable(report))
+
+
+def _data_pass(model, data: Data, probes: list[Probe], ctx: Context, entries: dict, progress: bool | None) -> dict:
+    seconds = {p.name: 0.0 for p in probes}
+    for p in probes:
+        t = time.perf_counter()
+        p.setup(ctx)
+        seconds[p.name] += time.perf_counter() - t
+    layer_names = sorted({name for p in probes for name in p.layers()})
+    if progress is None:
+        progress = sys.stderr.isatty()
+    from tqdm.auto import tqdm
+
+    forward_seconds = 0.0
+    offset = 0
+    batches = 0
+    with capture_outputs(model, layer_names) as captured, torch.no_grad():
+        bar = tqdm(total=data.n, disable=not progress, unit="img", desc="analyze", leave=False, file=sys.stderr)
+        try:
+            for x, y in data.batches():
+                x, y = x.to(ctx.device, non_blocking=True), y.to(ctx.device, non_blocking=True)
+                captured.clear()
+                captured.enabled = True
+                t = time.perf_counter()
+                logits = _forward(model, x)
+                forward_seconds += time.perf_counter() - t
+                captured.enabled = False  # probes' own passes do not touch the shared features
+                if batches == 0:
+                    _check_classes(logits, y, data)
+                    check_captured(captured, layer_names)
+                elif y.numel() and int(y.max()) >= logits.shape[1]:
+                    _check_classes(logits, y, data)
+                batch = Batch(x=x, y=y, logits=logits, features=dict(captured), model=model, offset=offset, seed=ctx.seed)
+                for p in probes:
+                    t = time.perf_counter()
+                    p.update(batch)
+                    seconds[p.name] += time.perf_counter() - t
+                del batch
+                captured.clear()
+                offset += len(y)
+                batches += 1
+                bar.update(len(y))
+        finally:
+            bar.close()
+    for p in probes:
+        t = time.perf_counter()
+        result = p.compute()
+        seconds[p.name] += time.perf_counter() - t
+        entries[p.name] = _result_entry(p, result, seconds[p.name])
+    return {"batches": batches, "samples": offset, "forward_seconds": forward_seconds}

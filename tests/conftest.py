@@ -1,0 +1,104 @@
+"""Shared fixtures. Helpers live here (not in an importable ``tests`` package:
+robustbench installs a top-level ``tests`` package into site-packages)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLES = ROOT / "examples"
+CHECKPOINTS = EXAMPLES / "checkpoints"
+
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+
+class TinyNet(nn.Module):
+    """conv-bn-relu-pool-linear on 3x8x8 inputs, 10 classes."""
+
+    def __init__(self, num_classes: int = 10):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.bn = nn.BatchNorm2d(4)
+        self.relu = nn.ReLU()
+        self.pool = nn.AdaptiveAvgPool2d(2)
+        self.flat = nn.Flatten()
+        self.fc = nn.Linear(16, num_classes)
+
+    def forward(self, x):
+        return self.fc(self.flat(self.pool(self.relu(self.bn(self.conv(x))))))
+
+
+def make_tiny_net(num_classes: int = 10) -> nn.Module:
+    """Architecture callable used as ``--arch tests/conftest.py:make_tiny_net``."""
+    torch.manual_seed(0)
+    return TinyNet(num_classes)
+
+
+@pytest.fixture
+def tiny_net() -> nn.Module:
+    torch.manual_seed(0)
+    net = TinyNet().eval()
+    with torch.no_grad():  # non-trivial BN statistics
+        net.bn.running_mean.uniform_(-0.5, 0.5)
+        net.bn.running_var.uniform_(0.5, 2.0)
+        net.bn.weight.uniform_(0.5, 1.5)
+    return net
+
+
+@pytest.fixture
+def tiny_npz(tmp_path) -> Path:
+    """64 random 3x8x8 uint8 images with labels 0..9, as an .npz data source."""
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, size=(64, 8, 8, 3), dtype=np.uint8)
+    y = rng.integers(0, 10, size=64)
+    y[:10] = np.arange(10)
+    path = tmp_path / "tiny.npz"
+    np.savez(path, x=x, y=y)
+    return path
+
+
+@pytest.fixture(scope="session")
+def example_model():
+    """The shipped standard (eps=0) example checkpoint, loaded."""
+    import armetrics as am
+
+    return am.load_model(CHECKPOINTS / "small_cnn_eps0.pt", arch=f"{EXAMPLES / 'models.py'}:small_cnn")
+
+
+def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
+    """Run ``python -m armetrics ARGS`` in a subprocess; returns the CompletedProcess."""
+    full_env = {**os.environ, "PYTHONWARNINGS": "ignore", **(env or {})}
+    return subprocess.run([sys.executable, "-m", "armetrics", *args], cwd=cwd, env=full_env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture
+def cli():
+    """Run the CLI in a subprocess (real exit codes, real stderr)."""
+    return run_cli
+
+
+@pytest.fixture
+def cli_inproc(capsys):
+    """Run ``armetrics.cli.main(args)`` in this process (fast); same result shape as ``cli``."""
+    from armetrics.cli import main
+
+    def run(*args: str) -> subprocess.CompletedProcess:
+        capsys.readouterr()
+        try:
+            main(list(args))
+            code = 0
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        out, err = capsys.readouterr()
+        return subprocess.CompletedProcess(list(args), code, out, err)
+
+    return run

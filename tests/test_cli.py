@@ -1,0 +1,136 @@
+"""The armetrics command: analyze, probes, one-line errors, nothing overwritten."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import armetrics as am
+from conftest import CHECKPOINTS, EXAMPLES
+
+CKPT = str(CHECKPOINTS / "small_cnn_eps0.pt")
+ARCH = f"{EXAMPLES / 'models.py'}:small_cnn"
+
+
+def assert_one_line_error(proc, match: str, code: int = 1):
+    assert proc.returncode == code, (proc.returncode, proc.stdout, proc.stderr)
+    lines = [line for line in proc.stderr.strip().splitlines() if line.strip()]
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("error: ") or code == 2
+    assert match in lines[0], lines[0]
+    assert "Traceback" not in proc.stderr
+
+
+@pytest.fixture(scope="module")
+def cifar_folder(tmp_path_factory):
+    """An ImageFolder of 120 CIFAR-10 test images (PNG, lossless) from the packaged sample."""
+    root = tmp_path_factory.mktemp("cifar")
+    d = am.load_data("cifar10-sample", n=120, seed=5)
+    i = 0
+    for x, y in d:
+        for img, label in zip(x, y):
+            folder = root / d.info.classes[int(label)]
+            folder.mkdir(exist_ok=True)
+            arr = (img.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+            Image.fromarray(arr).save(folder / f"{i:04d}.png")
+            i += 1
+    return root
+
+
+def test_analyze_image_folder_equals_plain_loop(cli, cifar_folder, tmp_path):
+    out = tmp_path / "r.json"
+    proc = cli("analyze", CKPT, "--arch", ARCH, "--probes", "accuracy", "--data", str(cifar_folder), "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    report = am.Report.load(out)
+    model = am.load_model(CKPT, arch=ARCH)
+    data = am.load_data(cifar_folder)
+    correct = total = 0
+    with torch.no_grad():
+        for x, y in data:
+            correct += int((model(x).argmax(1) == y).sum())
+            total += len(y)
+    assert report.summary("accuracy")["accuracy"] == correct / total
+    assert total == 120
+    assert "accuracy" in proc.stdout and f"{correct / total:.4g}" in proc.stdout
+
+
+def test_json_to_stdout(cli_inproc):
+    proc = cli_inproc("analyze", CKPT, "--arch", ARCH, "-n", "50", "--out", "-", "--quiet")
+    assert proc.returncode == 0, proc.stderr
+    d = json.loads(proc.stdout)
+    assert d["data"]["n"] == 50 and d["probes"]["accuracy"]["summary"]["n"] == 50
+
+
+def test_probes_command(cli_inproc):
+    proc = cli_inproc("probes")
+    assert proc.returncode == 0
+    assert "accuracy" in proc.stdout and "--set accuracy.per_class=<bool>" in proc.stdout
+
+
+@pytest.mark.parametrize("args,match,code", [
+    (["--probes", "acuracy"], "unknown probe 'acuracy': did you mean accuracy?", 1),
+    (["--set", "accuracy.per_clas=true"], "valid options: per_class", 1),
+    (["--set", "accuracyper_class"], "malformed --set", 1),
+    (["--set", "accuracy.per_class=maybe"], "expected true or false", 1),
+    (["-n", "0"], "-n must be a positive", 1),
+    (["--data", "/no/such/dir"], "does not exist", 1),
+    (["--arch-kwargs", "{bad"], "--arch-kwargs is not JSON", 1),
+    (["--mean", "0.5,x", "--std", "1,1,1"], "--mean takes comma-separated numbers", 1),
+])
+def test_cli_errors_are_one_line(cli_inproc, args, match, code):
+    proc = cli_inproc("analyze", CKPT, "--arch", ARCH, *args)
+    assert_one_line_error(proc, match, code)
+
+
+def test_missing_arch_and_file(cli, cli_inproc, tmp_path):
+    assert_one_line_error(cli("analyze", CKPT), "pass --arch SPEC")  # a real process, once
+    assert_one_line_error(cli_inproc("analyze", str(tmp_path / "nope.pt")), "does not exist")
+
+
+def test_debug_shows_traceback(cli):
+    proc = cli("analyze", CKPT, "--probes", "acuracy", "--debug")
+    assert proc.returncode != 0 and "Traceback" in proc.stderr
+
+
+def test_failed_run_overwrites_nothing(cli_inproc, tmp_path):
+    out = tmp_path / "r.json"
+    out.write_text("precious")
+    proc = cli_inproc("analyze", CKPT, "--arch", ARCH, "--data", str(tmp_path / "missing"), "--out", str(out))
+    assert proc.returncode == 1
+    assert out.read_text() == "precious"
+
+
+def test_unwritable_out(cli_inproc, tmp_path):
+    out = tmp_path / "no_dir" / "r.json"
+    proc = cli_inproc("analyze", CKPT, "--arch", ARCH, "-n", "20", "--out", str(out))
+    assert_one_line_error(proc, "cannot write")
+    assert not out.exists()
+
+
+def test_usage_error_exit_2(cli_inproc):
+    proc = cli_inproc("analyze")
+    assert proc.returncode == 2
+    proc = cli_inproc("analyze", "a.pt", "b.pt")
+    assert proc.returncode == 2 and "--out-dir" in proc.stderr
+
+
+def test_sweep_out_dir_resumes(cli_inproc, tmp_path):
+    cli = cli_inproc
+    out = tmp_path / "reports"
+    bad = tmp_path / "broken.pt"
+    bad.write_text("<html>quota exceeded</html>")
+    proc = cli("analyze", CKPT, str(bad), "--arch", ARCH, "-n", "20", "--out-dir", str(out), "--quiet")
+    assert proc.returncode == 1
+    assert "failed" in proc.stdout and "HTML page" in proc.stdout
+    first = (out / "small_cnn_eps0.json").read_text()
+    proc = cli("analyze", CKPT, "--arch", ARCH, "-n", "20", "--out-dir", str(out), "--quiet")
+    assert proc.returncode == 0 and "skipped" in proc.stdout
+    assert (out / "small_cnn_eps0.json").read_text() == first
+    proc = cli("analyze", CKPT, "--arch", ARCH, "-n", "21", "--out-dir", str(out), "--quiet")
+    assert "ok" in proc.stdout and (out / "small_cnn_eps0.json").read_text() != first
