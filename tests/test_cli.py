@@ -74,7 +74,7 @@ def test_probes_command(cli_inproc):
 
 
 @pytest.mark.parametrize("args,match,code", [
-    (["--probes", "acuracy"], "unknown probe 'acuracy': did you mean accuracy?", 1),
+    (["--probes", "acuracy"], "unknown probe 'acuracy': did you mean accuracy", 1),
     (["--set", "accuracy.per_clas=true"], "valid options: per_class", 1),
     (["--set", "accuracyper_class"], "malformed --set", 1),
     (["--set", "accuracy.per_class=maybe"], "expected true or false", 1),
