@@ -94,13 +94,22 @@ def cli() -> None:
 @click.option("--trust-pickle", is_flag=True, help="Allow files holding pickled Python objects (can run arbitrary code).")
 @click.option("-o", "--out", type=click.Path(dir_okay=False), help="Write the report JSON here ('-' for stdout).")
 @click.option("--out-dir", type=click.Path(file_okay=False), help="With several models: one report each, DIR/<name>.json.")
+@click.option("--executor", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+              help="With --out-dir: analyze models here one by one, or one Ray task per model.")
+@click.option("--ray-address", metavar="ADDR", help="Ray cluster address (default: start Ray locally).")
+@click.option("--task-cpus", type=float, default=1, show_default=True, help="CPUs each Ray task requests.")
+@click.option("--task-gpus", type=float, default=0, show_default=True, help="GPUs each Ray task requests.")
 @click.option("--quiet", is_flag=True, help="No progress bar or notes.")
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
 def analyze(models, arch, arch_kwargs, probes, data_src, n, batch_size, seed, device, sets, mean, std, model_dir,
-            dataset, threat_model, trust_pickle, out, out_dir, quiet, debug) -> None:
+            dataset, threat_model, trust_pickle, out, out_dir, executor, ray_address, task_cpus, task_gpus,
+            quiet, debug) -> None:
     """Analyze MODEL (a checkpoint file or robustbench:NAME) with the selected probes."""
+    from . import distributed
     from .engine import analyze as run_analysis, make_probes
     from .options import parse_sets
+
+    d, device = distributed.init_from_env(device)  # under torchrun: one shard per rank
 
     options = parse_sets(sets)
     make_probes(probes, options)  # validate names and options before loading anything
@@ -120,11 +129,17 @@ def analyze(models, arch, arch_kwargs, probes, data_src, n, batch_size, seed, de
     if out_dir:
         from .sweep import run_sweep
 
-        ok = run_sweep(models, Path(out_dir), load_kwargs, data, probes, options, seed, device, progress, quiet)
+        spec = {"source": data_src, "n": n, "batch_size": batch_size, "seed": seed} if needs_data else None
+        ok = run_sweep(models, Path(out_dir), load_kwargs, data, probes, options, seed, device, progress, quiet,
+                       data_spec=spec, executor=executor, ray_address=ray_address, task_cpus=task_cpus, task_gpus=task_gpus)
         sys.exit(0 if ok else 1)
+    if executor != "local":
+        raise click.UsageError("--executor ray runs sweeps: give --out-dir DIR")
     model = load_model(models[0], **load_kwargs)
     report = run_analysis(model, data, probes, options=options, seed=seed, device=device, progress=progress,
                           out_path=None if out in (None, "-") else out)
+    if report is None:  # a non-zero rank of a distributed run: rank 0 reports
+        return
     table = format_summary(report)
     if out == "-":
         click.echo(report.to_json(), nl=False)
@@ -174,7 +189,13 @@ def main(argv: list[str] | None = None) -> None:
     argv = list(argv)
     debug = "--debug" in argv or bool(os.environ.get("ARMETRICS_DEBUG"))
     try:
-        rv = cli.main(args=argv, prog_name="armetrics", standalone_mode=False)
+        try:
+            rv = cli.main(args=argv, prog_name="armetrics", standalone_mode=False)
+        finally:
+            if "torch.distributed" in sys.modules:
+                from . import distributed
+
+                distributed.shutdown()
         sys.exit(rv if isinstance(rv, int) else 0)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)

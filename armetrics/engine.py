@@ -20,7 +20,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import torch
 from torch import nn
 
-from . import __version__
+from . import __version__, distributed
 from .data import Data, load_data
 from .errors import ConfigError, DataError, ProbeError
 from .hooks import capture_outputs, check_captured
@@ -111,14 +111,16 @@ def _forward(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 
 def _check_classes(logits: torch.Tensor, y: torch.Tensor, data: Data) -> None:
+    """The model's number of outputs must match the data: the declared classes when the
+    source names them (ImageFolder, CIFAR, .npz with ``classes``), else the labels."""
     k = logits.shape[1]
-    if data.num_classes and k != data.num_classes:
+    if data.info.classes and k != data.num_classes:
         raise DataError(
             f"the model outputs {k} classes but the data has {data.num_classes}: use data of the "
             f"model's dataset (or a model trained for these labels)"
         )
     if y.numel() and int(y.max()) >= k:
-        raise DataError(f"label {int(y.max())} is out of range for a model with {k} classes: check --data")
+        raise DataError(f"label {int(y.max())} is out of range for a model with {k} classes: labels must be 0..{k - 1}; check --data")
 
 
 def analyze(
@@ -131,7 +133,7 @@ def analyze(
     device: "str | torch.device | None" = None,
     progress: bool | None = None,
     out_path: str | Path | None = None,
-) -> Report:
+) -> Report | None:
     """Run ``probes`` on ``model`` and return a :class:`~armetrics.report.Report`.
 
     ``data``: a :class:`~armetrics.data.Data`, a source name/path (see
@@ -139,6 +141,10 @@ def analyze(
     (only loaded when a data probe is selected). ``options``: per-probe keyword
     options. ``progress``: a tqdm bar (default: when stderr is a terminal).
     ``out_path``: where the report will be saved (probes may write files beside it).
+
+    Inside a ``torch.distributed`` process group (e.g. under ``torchrun``) each rank
+    analyzes its shard of the batches; rank 0 returns the merged report, the other
+    ranks return None (see :mod:`armetrics.distributed`).
     """
     started = time.perf_counter()
     probe_objs = make_probes(probes, options)
@@ -160,17 +166,35 @@ def analyze(
                   num_classes=data.num_classes if isinstance(data, Data) else None,
                   input_shape=data.sample_shape() if isinstance(data, Data) else None,
                   out_path=str(out_path) if out_path else None)
+    d = distributed.current()
     entries: dict[str, dict[str, Any]] = {}
-    for p in weight_probes:
-        t = time.perf_counter()
-        p.setup(ctx)
-        result = p.compute()
-        ctx.results[p.name] = result
-        entries[p.name] = _result_entry(p, result, time.perf_counter() - t)
+    if d is None or d.is_main:  # weight-only probes run once
+        for p in weight_probes:
+            t = time.perf_counter()
+            p.setup(ctx)
+            result = p.compute()
+            ctx.results[p.name] = result
+            entries[p.name] = _result_entry(p, result, time.perf_counter() - t)
+    if d is not None and weight_probes:
+        ctx.results, entries = distributed.broadcast((ctx.results, entries), d)
 
     run: dict[str, Any] = {"seed": seed}
     if data_probes:
-        run.update(_data_pass(model, data, data_probes, ctx, entries, progress))
+        stats = _data_pass(model, data, data_probes, ctx, progress if d is None or d.is_main else False, d)
+        if d is not None:
+            shards = distributed.gather(([p.state_dict() for p in data_probes], stats), d)
+            if not d.is_main:
+                return None
+            _merge_shards(data_probes, [states for states, _ in shards[1:]])
+            stats = {k: sum(s[k] for _, s in shards) for k in stats}  # totals over ranks
+            stats["world_size"] = d.world
+        run.update(stats)
+        for p in data_probes:
+            t = time.perf_counter()
+            result = p.compute()
+            entries[p.name] = _result_entry(p, result, p._seconds + time.perf_counter() - t)
+    elif d is not None and not d.is_main:
+        return None
     run["seconds"] = time.perf_counter() - started
 
     report = {
@@ -187,24 +211,38 @@ def analyze(
     return Report(to_jsonable(report))
 
 
-def _data_pass(model, data: Data, probes: list[Probe], ctx: Context, entries: dict, progress: bool | None) -> dict:
-    seconds = {p.name: 0.0 for p in probes}
+def _merge_shards(probes: list[Probe], shards: list[list[dict]]) -> None:
+    """Fold other ranks' states (in rank order) into this rank's probes."""
+    for states in shards:
+        for p, state in zip(probes, states):
+            other = type(p)(**p.config)
+            for name, value in state.items():
+                setattr(other, name, value)
+            p.merge(other)
+
+
+def _data_pass(model, data: Data, probes: list[Probe], ctx: Context, progress: bool | None,
+               d: "distributed.Dist | None" = None) -> dict:
+    """Stream this process's batches through the model once, feeding every data probe.
+    Each probe's own time accumulates in ``probe._seconds``."""
     for p in probes:
         t = time.perf_counter()
         p.setup(ctx)
-        seconds[p.name] += time.perf_counter() - t
+        p._seconds = time.perf_counter() - t
     layer_names = sorted({name for p in probes for name in p.layers()})
     if progress is None:
         progress = sys.stderr.isatty()
     from tqdm.auto import tqdm
 
+    lo, hi = distributed.shard(len(data), d)
+    start, stop = lo * data.batch_size, min(hi * data.batch_size, data.n)
     forward_seconds = 0.0
-    offset = 0
+    offset = start
     batches = 0
     with capture_outputs(model, layer_names) as captured, torch.no_grad():
-        bar = tqdm(total=data.n, disable=not progress, unit="img", desc="analyze", leave=False, file=sys.stderr)
+        bar = tqdm(total=max(stop - start, 0), disable=not progress, unit="img", desc="analyze", leave=False, file=sys.stderr)
         try:
-            for x, y in data.batches():
+            for x, y in data.batches(start, stop):
                 x, y = x.to(ctx.device, non_blocking=True), y.to(ctx.device, non_blocking=True)
                 captured.clear()
                 captured.enabled = True
@@ -221,7 +259,7 @@ def _data_pass(model, data: Data, probes: list[Probe], ctx: Context, entries: di
                 for p in probes:
                     t = time.perf_counter()
                     p.update(batch)
-                    seconds[p.name] += time.perf_counter() - t
+                    p._seconds += time.perf_counter() - t
                 del batch
                 captured.clear()
                 offset += len(y)
@@ -229,9 +267,4 @@ def _data_pass(model, data: Data, probes: list[Probe], ctx: Context, entries: di
                 bar.update(len(y))
         finally:
             bar.close()
-    for p in probes:
-        t = time.perf_counter()
-        result = p.compute()
-        seconds[p.name] += time.perf_counter() - t
-        entries[p.name] = _result_entry(p, result, seconds[p.name])
-    return {"batches": batches, "samples": offset, "forward_seconds": forward_seconds}
+    return {"batches": batches, "samples": offset - start, "forward_seconds": forward_seconds}

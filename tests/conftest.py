@@ -16,6 +16,7 @@ from torch import nn
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples"
 CHECKPOINTS = EXAMPLES / "checkpoints"
+CONFTEST_PATH = Path(__file__).resolve()
 
 torch.set_num_threads(min(2, torch.get_num_threads()))
 

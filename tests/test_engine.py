@@ -167,11 +167,15 @@ def test_weight_only_never_loads_data(monkeypatch):
         _PROBES.pop("_test_weights", None)
 
 
-def test_wrong_number_of_classes(tiny_npz):
+def test_wrong_number_of_classes(tiny_npz, tmp_path):
     torch.manual_seed(0)
     model = nn.Sequential(nn.Flatten(), nn.Linear(192, 7))
-    with pytest.raises(DataError, match="outputs 7 classes but the data has 10"):
+    with pytest.raises(DataError, match="label 9 is out of range for a model with 7 classes"):
         am.analyze(model, am.load_data(tiny_npz), ["accuracy"])
+    with np.load(tiny_npz) as f:  # the same data, declaring its 10 classes
+        np.savez(tmp_path / "named.npz", x=f["x"], y=f["y"], classes=np.array([f"c{i}" for i in range(10)]))
+    with pytest.raises(DataError, match="outputs 7 classes but the data has 10"):
+        am.analyze(model, am.load_data(tmp_path / "named.npz"), ["accuracy"])
 
 
 def test_input_size_rejected(tiny_npz):
