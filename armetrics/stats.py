@@ -22,39 +22,53 @@ def _as_numpy(values) -> np.ndarray:
 class ExactSum:
     """A float sum that does not depend on the order of the additions.
 
-    Keeps Shewchuk's non-overlapping partials (as ``math.fsum``), so the value is the
-    correctly rounded sum of everything added: two shards merged give bit-for-bit the
-    same value as one pass over all the data.
+    Every finite float64 is an integer multiple of 2**-1074, so the running sum is kept
+    exactly as a Python integer in units of 2**-SHIFT (vectorised: values are split
+    with ``frexp`` and summed per exponent). ``value`` is the correctly rounded sum of
+    everything added, so two shards merged give bit-for-bit the value of one pass.
+    Non-finite values (inf, NaN) are summed separately with float arithmetic.
     """
 
-    def __init__(self) -> None:
-        self.partials: list[float] = []
+    SHIFT = 1127  # 1074 (smallest subnormal exponent) + 53 (mantissa bits)
+    CHUNK = 512  # int64 partial sums of 53-bit mantissas cannot overflow
 
-    def _add(self, x: float) -> None:
-        partials = self.partials
-        i = 0
-        for y in partials:
-            if abs(x) < abs(y):
-                x, y = y, x
-            hi = x + y
-            lo = y - (hi - x)
-            if lo:
-                partials[i] = lo
-                i += 1
-            x = hi
-        partials[i:] = [x]
+    def __init__(self) -> None:
+        self.num = 0  # the exact sum times 2**SHIFT
+        self.special = 0.0  # sum of non-finite values
 
     def update(self, values) -> None:
-        for x in _as_numpy(values).tolist():
-            self._add(x)
+        v = _as_numpy(values)
+        finite = np.isfinite(v)
+        if not finite.all():
+            self.special += float(v[~finite].sum())
+            v = v[finite]
+        if v.size == 0:
+            return
+        mant, exp = np.frexp(v)
+        mi = (mant * 2.0**53).astype(np.int64)  # exact: v = mi * 2**(exp - 53)
+        order = np.argsort(exp, kind="stable")
+        exp, mi = exp[order], mi[order]
+        keys, starts = np.unique(exp, return_index=True)
+        bounds = list(starts[1:]) + [len(exp)]
+        total = 0
+        for e, lo, hi in zip(keys.tolist(), starts.tolist(), bounds):
+            group = 0
+            for k in range(lo, hi, self.CHUNK):
+                group += int(mi[k:min(k + self.CHUNK, hi)].sum())
+            total += group << (e - 53 + self.SHIFT)
+        self.num += total
 
     def merge(self, other: "ExactSum") -> None:
-        for x in other.partials:
-            self._add(x)
+        self.num += other.num
+        self.special += other.special
 
     @property
     def value(self) -> float:
-        return math.fsum(self.partials)
+        try:
+            exact = self.num / (1 << self.SHIFT)  # int / int: correctly rounded
+        except OverflowError:
+            exact = math.inf if self.num > 0 else -math.inf
+        return exact + self.special if self.special else exact
 
     def __float__(self) -> float:
         return self.value

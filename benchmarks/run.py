@@ -1,0 +1,212 @@
+"""armetrics performance goals, each measured as a ratio against a baseline run in the
+same process and moment (absolute seconds are context only).
+
+    python benchmarks/run.py            # full run (tens of minutes on 2 cores)
+    python benchmarks/run.py --quick    # a few minutes
+    python benchmarks/run.py --only data_probes,memory
+
+Writes benchmarks/results.json and prints a table. Rows that miss their goal say so.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path.insert(0, str(ROOT / "examples"))
+
+BENCHES: dict[str, Callable[[argparse.Namespace], list[dict]]] = {}
+
+
+def bench(name: str):
+    def deco(fn):
+        BENCHES[name] = fn
+        return fn
+
+    return deco
+
+
+def best_of(fn: Callable[[], object], repeats: int) -> float:
+    """Minimum wall time of ``repeats`` calls (the least disturbed run)."""
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return min(times)
+
+
+def interleaved(a: Callable, b: Callable, repeats: int) -> tuple[float, float]:
+    """Best times of a and b, alternating them so that machine noise hits both."""
+    ta, tb = [], []
+    for _ in range(repeats):
+        for f, acc in ((a, ta), (b, tb)):
+            t = time.perf_counter()
+            f()
+            acc.append(time.perf_counter() - t)
+    return min(ta), min(tb)
+
+
+def row(name, baseline, ours, ratio, goal, met, note="", **extra) -> dict:
+    return {"name": name, "baseline": baseline, "ours": ours, "ratio": ratio, "goal": goal, "met": met, "note": note, **extra}
+
+
+def synthetic_data(n: int, seed: int = 0):
+    """n random 32x32 RGB images with labels, as an armetrics Data (uint8 in memory)."""
+    import armetrics as am
+
+    path = Path(f"/tmp/armetrics-bench-{n}.npz")
+    if not path.exists():
+        rng = np.random.default_rng(seed)
+        np.savez(path, x=rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8), y=rng.integers(0, 10, n),
+                 classes=np.array([str(i) for i in range(10)]))
+    return am.load_data(path, batch_size=256, seed=0)
+
+
+def small_model(width: int = 16):
+    from models import small_cnn
+
+    torch.manual_seed(0)
+    return small_cnn(width=width).eval()
+
+
+# ------------------------------------------------------------------ data probes vs plain loop
+@bench("data_probes")
+def bench_data_probes(args) -> list[dict]:
+    import armetrics as am
+
+    n = 1000 if args.quick else 4000
+    data = synthetic_data(n)
+    model = small_model()
+
+    def plain():
+        with torch.no_grad():
+            for x, y in data:
+                model(x).argmax(1)
+
+    def ours():
+        am.analyze(model, data, ["accuracy", "margin", "confidence"], progress=False)
+
+    plain()
+    ours()  # warm up
+    tb, to = interleaved(plain, ours, 3 if args.quick else 5)
+    ratio = to / tb
+    return [row(f"margin+confidence+accuracy, N={n}", f"plain model(x) loop {tb:.2f}s", f"{to:.2f}s", ratio,
+                "<= 1.05x", ratio <= 1.05)]
+
+
+# ------------------------------------------------------------------ memory
+MEM_CHILD = """
+import resource, sys, torch
+sys.path.insert(0, {examples!r}); sys.path.insert(0, {bench!r})
+import run as b
+torch.set_num_threads(1)
+data = b.synthetic_data({n}); model = b.small_model()
+if {ours}:
+    import armetrics as am
+    am.analyze(model, data, ["accuracy", "margin", "confidence"], progress=False)
+else:
+    with torch.no_grad():
+        for x, y in data:
+            model(x).argmax(1)
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+"""
+
+
+def peak_rss_mb(n: int, ours: bool) -> float:
+    code = MEM_CHILD.format(examples=str(ROOT / "examples"), bench=str(HERE), n=n, ours=ours)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return int(out.stdout.strip().splitlines()[-1]) / 1024
+
+
+@bench("memory")
+def bench_memory(args) -> list[dict]:
+    rows = []
+    sizes = (1000, 4000) if args.quick else (1000, 10000)
+    peaks = {}
+    for n in sizes:
+        synthetic_data(n)
+        base, ours = peak_rss_mb(n, False), peak_rss_mb(n, True)
+        peaks[n] = ours
+        ratio = ours / base
+        rows.append(row(f"peak RSS of data probes, N={n}", f"plain inference {base:.0f} MB", f"{ours:.0f} MB", ratio,
+                        "<= 1.2x", ratio <= 1.2))
+    lo, hi = sizes
+    growth = peaks[hi] - peaks[lo]
+    data_growth = (hi - lo) * 32 * 32 * 3 / 2**20  # the uint8 images themselves
+    rows.append(row(f"peak RSS growth N={lo}->{hi}", f"images themselves +{data_growth:.0f} MB", f"+{growth:.0f} MB",
+                    growth / max(data_growth, 1e-9), "flat (growth ~ the data's own bytes)", growth <= data_growth + 50))
+    return rows
+
+
+# ------------------------------------------------------------------ scaling
+@bench("scaling")
+def bench_scaling(args) -> list[dict]:
+    import armetrics as am
+
+    rows = []
+    sizes = (1000, 2000, 4000)
+    model = small_model()
+    times = {}
+    for n in sizes:
+        data = synthetic_data(n)
+        am.analyze(model, synthetic_data(256), ["accuracy", "margin", "confidence"], progress=False)
+        times[n] = best_of(lambda: am.analyze(model, data, ["accuracy", "margin", "confidence"], progress=False),
+                           2 if args.quick else 3)
+    for n in sizes[1:]:
+        ratio = (times[n] / n) / (times[sizes[0]] / sizes[0])
+        rows.append(row(f"time per image, N={n} vs N={sizes[0]}", f"{times[sizes[0]]:.2f}s @1k", f"{times[n]:.2f}s",
+                        ratio, "linear (0.8-1.2x)", 0.8 <= ratio <= 1.2))
+    data = synthetic_data(1000)
+    for width in (16, 32, 64):
+        m = small_model(width)
+        t = best_of(lambda: am.analyze(m, data, ["accuracy", "margin", "confidence"], progress=False), 2)
+        params = sum(p.numel() for p in m.parameters())
+        rows.append(row(f"model size: small_cnn width {width} ({params / 1e3:.0f}k params), N=1000", "", f"{t:.2f}s",
+                        None, "context", True))
+    return rows
+
+
+def machine() -> dict:
+    return {"python": platform.python_version(), "torch": torch.__version__, "cpus": os.cpu_count(),
+            "threads": torch.get_num_threads(), "platform": platform.platform(), "processor": platform.processor()}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="smaller sizes, fewer repeats")
+    ap.add_argument("--only", help="comma-separated benchmark names: " + ", ".join(BENCHES))
+    ap.add_argument("--out", type=Path, default=HERE / "results.json")
+    args = ap.parse_args()
+    names = args.only.split(",") if args.only else list(BENCHES)
+    rows = []
+    for name in names:
+        print(f"# {name} ...", file=sys.stderr, flush=True)
+        rows += [{"bench": name, **r} for r in BENCHES[name](args)]
+    width = max(len(r["name"]) for r in rows)
+    print(f"{'workload':<{width}}  {'ratio':>7}  {'goal':<22} {'met':<4} baseline | ours")
+    for r in rows:
+        ratio = "" if r["ratio"] is None else f"{r['ratio']:.3f}"
+        print(f"{r['name']:<{width}}  {ratio:>7}  {r['goal']:<22} {'yes' if r['met'] else 'NO':<4} {r['baseline']} | {r['ours']}"
+              + (f"  ({r['note']})" if r["note"] else ""))
+    existing = json.loads(args.out.read_text()) if args.out.exists() and args.only else {"rows": []}
+    kept = [r for r in existing.get("rows", []) if r["bench"] not in names]
+    args.out.write_text(json.dumps({"machine": machine(), "quick": args.quick,
+                                    "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "rows": kept + rows}, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
