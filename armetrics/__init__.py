@@ -27,11 +27,17 @@ _EXPORTS = {
     "get_probe": "armetrics.registry",
     "list_probes": "armetrics.registry",
     "ArmetricsError": "armetrics.errors",
-    "compare": "armetrics.compare",
 }
 _SUBMODULES = {"linalg", "stats", "attacks", "errors", "data", "loading", "engine", "report", "registry", "probes", "hooks"}
 
 __all__ = sorted(_EXPORTS) + ["__version__"]
+
+
+# compare is light (no torch, no matplotlib at import): imported eagerly so that the
+# package attribute ``compare`` is the function, not the submodule of the same name
+from .compare import compare  # noqa: E402
+
+__all__.append("compare")
 
 
 def __getattr__(name: str):

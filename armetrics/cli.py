@@ -175,6 +175,16 @@ def probes_cmd(pattern, debug) -> None:
                        + (f"  {opt.help}" if opt.help else ""))
 
 
+def _register_plugins() -> None:
+    from .cli_compare import compare_cmd, zoo_cmd
+
+    cli.add_command(compare_cmd)
+    cli.add_command(zoo_cmd)
+
+
+_register_plugins()
+
+
 def _on_sigterm(signum, _frame):
     raise KeyboardInterrupt
 

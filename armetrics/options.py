@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import types
 import typing
 from fractions import Fraction
 from typing import Any, Iterable
@@ -41,7 +42,7 @@ def coerce(option: Option, value: Any) -> Any:
     """Convert ``value`` (a CLI string or a Python value) to the option's type."""
     typ = option.type
     origin = typing.get_origin(typ)
-    if origin is typing.Union or str(origin) == "types.UnionType":
+    if origin is typing.Union or origin is types.UnionType:
         args = [a for a in typing.get_args(typ) if a is not type(None)]
         if value is None or (isinstance(value, str) and value.lower() in {"none", "null", ""}):
             return None

@@ -21,6 +21,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import inspect
+import types
 import typing
 from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar
@@ -117,7 +118,7 @@ class Option:
         origin = typing.get_origin(self.type)
         if origin in (list, tuple):
             return "list"
-        if origin is typing.Union or str(origin) == "types.UnionType":
+        if origin is typing.Union or origin is types.UnionType:
             args = [a for a in typing.get_args(self.type) if a is not type(None)]
             return "|".join(getattr(a, "__name__", str(a)) for a in args) + "|none"
         return getattr(self.type, "__name__", str(self.type))

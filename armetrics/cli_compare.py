@@ -1,0 +1,57 @@
+"""``armetrics compare`` and ``armetrics zoo``: thin click commands over
+:func:`armetrics.compare.compare` and :func:`armetrics.zoo.zoo`.
+
+Registered on the main group in :mod:`armetrics.cli` with ``cli.add_command``; errors
+are armetrics errors, printed as one line by :func:`armetrics.cli.main`.
+"""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+
+@click.command("compare")
+@click.argument("reports", nargs=-1, required=True, metavar="REPORT...")
+@click.option("--out", required=True, type=click.Path(file_okay=False),
+              help="Directory for summary.csv, the figures (PNG) and index.html.")
+@click.option("--against", type=click.Choice(["leaderboard"]), default=None,
+              help="Add RobustBench leaderboard robust accuracy and its Spearman correlation with every summary key.")
+@click.option("--debug", is_flag=True, help="Show tracebacks.")
+def compare_cmd(reports, out, against, debug) -> None:
+    """Compare REPORT files (or directories of them): a table, figures and an HTML page."""
+    from .compare import compare
+
+    result = compare(list(reports), out, against=against)
+    click.echo(f"compared {len(result.models)} reports: {', '.join(result.models)}")
+    for note in result.notes:
+        click.echo(f"note: {note}", err=True)
+    click.echo(f"wrote {result.summary_csv}")
+    if result.correlation_csv is not None:
+        click.echo(f"wrote {result.correlation_csv}")
+    for path in result.figures.values():
+        click.echo(f"wrote {path}")
+    click.echo(f"open {result.html}")
+
+
+@click.command("zoo")
+@click.option("--dataset", default="cifar10", show_default=True, help="cifar10, cifar100 or imagenet.")
+@click.option("--threat-model", default="Linf", show_default=True, help="Linf, L2 or corruptions.")
+@click.option("--model-dir", default="models", show_default=True,
+              help="Where weights are looked for (DIR/<dataset>/<threat>/<NAME>.pt).")
+@click.option("--json", "as_json", is_flag=True, help="Print the rows as JSON (accuracies as fractions).")
+@click.option("--debug", is_flag=True, help="Show tracebacks.")
+def zoo_cmd(dataset, threat_model, model_dir, as_json, debug) -> None:
+    """List the RobustBench models with leaderboard accuracy and whether their weights are in --model-dir."""
+    from .zoo import format_table, zoo
+
+    rows = zoo(dataset, threat_model, model_dir)
+    if as_json:
+        click.echo(json.dumps(rows, indent=1))
+        return
+    click.echo(format_table(rows))
+    present = sum(r["weights_present"] for r in rows)
+    click.echo(f"{len(rows)} models for {dataset}/{threat_model}; weights present for {present} in {model_dir}. "
+               f"Accuracies: RobustBench leaderboard (robust = AutoAttack, or a stronger external evaluation).",
+               err=True)

@@ -1,0 +1,502 @@
+"""Many reports -> one table, figures and an HTML page (and, optionally, how each
+summary key ranks models like the RobustBench leaderboard does).
+
+``compare(reports, out)`` writes into ``out``:
+
+- ``summary.csv``: one row per report — ``model`` (a unique label), ``source``,
+  ``sha256`` (first 12 hex digits), ``eps``, ``eps_from``, ``data_source``, ``data_n``,
+  ``data_seed``, ``data_note`` — then one column ``<probe>.<key>`` per summary key of
+  every probe (the union over reports; blank where a report lacks it or the value is
+  not finite). With ``against="leaderboard"`` also ``leaderboard.clean_accuracy`` and
+  ``leaderboard.robust_accuracy`` (fractions);
+- one PNG per figure whose probe some report has (see :mod:`armetrics.plots`);
+- ``index.html``: the tables and figures (linked relatively: keep the folder together;
+  no external CSS/JS, opens offline);
+- with ``against="leaderboard"``: ``correlation.csv`` and ``correlation.png``.
+
+Model order (rows, colours, legends): by ε when known, then by robust accuracy, then
+input order. ε comes from the report's ``model.eps`` (a number or ``"8/255"``), else
+from the leaderboard for ``robustbench:`` sources, else from the model name:
+``eps8`` / ``eps_8`` / ``eps8_255`` mean 8/255, ``eps0.5`` means 0.5. Robust accuracy
+is the ``robust_accuracy`` probe's, else the leaderboard's. Both ascending, so the
+order runs from the least to the most robust model; models whose ε (robust accuracy)
+is unknown come after those whose ε (robust accuracy) is known.
+"""
+
+from __future__ import annotations
+
+import csv
+import html
+import io
+import math
+import re
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+from . import __version__
+from .errors import ConfigError, ReportError
+from .report import Report, atomic_write_text, to_jsonable
+from .zoo import check_against, lookup, parse_eps
+
+FIXED_COLUMNS = ("model", "source", "sha256", "eps", "eps_from", "data_source", "data_n", "data_seed", "data_note")
+LEADERBOARD_COLUMNS = ("leaderboard.clean_accuracy", "leaderboard.robust_accuracy")
+MIN_MODELS_FOR_CORRELATION = 3
+
+
+@dataclass
+class Entry:
+    """One report in a comparison."""
+
+    report: Report
+    origin: str  # file path, or "report #i" for an in-memory Report
+    index: int
+    label: str = ""
+    eps: float | None = None
+    eps_from: str = ""
+    leaderboard: dict[str, Any] | None = None
+    data_note: str = ""
+
+    @property
+    def robust_accuracy(self) -> float | None:
+        v = (self.report.data["probes"].get("robust_accuracy") or {}).get("summary", {}).get("robust_accuracy")
+        if _finite(v):
+            return float(v)
+        if self.leaderboard and _finite(self.leaderboard.get("robust_accuracy")):
+            return float(self.leaderboard["robust_accuracy"])
+        return None
+
+
+@dataclass
+class Comparison:
+    """What :func:`compare` wrote."""
+
+    out: Path
+    models: list[str]
+    summary_csv: Path
+    html: Path
+    figures: dict[str, Path] = field(default_factory=dict)
+    correlation_csv: Path | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+def _or_nan(v: Any) -> float:
+    return float(v) if _finite(v) else math.nan
+
+
+def _finite(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+# --------------------------------------------------------------------------- loading and checks
+def _expand(items: Iterable[Report | str | Path]) -> list[tuple[Report, str]]:
+    out: list[tuple[Report, str]] = []
+    for i, item in enumerate(items):
+        if isinstance(item, Report):
+            out.append((item, f"report #{i + 1} ({item.model.get('name')})"))
+            continue
+        path = Path(item)
+        if path.is_dir():
+            files = sorted(path.glob("*.json"))
+            if not files:
+                raise ReportError(f"{path} is a directory without .json reports: pass report files")
+            out += [(Report.load(f), str(f)) for f in files]
+        else:
+            out.append((Report.load(path), str(path)))
+    return out
+
+
+def check_compatible(entries: Sequence[Entry]) -> None:
+    """Raise ReportError when reports differ in schema or in the config of a probe they share."""
+    schemas = {e.report.data["schema"] for e in entries}
+    if len(schemas) > 1:
+        raise ReportError(f"reports have different schemas ({', '.join(sorted(schemas))}): "
+                          f"re-run `armetrics analyze` for all of them with one armetrics version")
+    first: dict[str, Entry] = {}
+    for e in entries:
+        for probe in e.report.probes:
+            if probe not in first:
+                first[probe] = e
+                continue
+            # as JSON values: an in-memory report's tuple equals the list it is saved as
+            a, b = to_jsonable(first[probe].report.config(probe)), to_jsonable(e.report.config(probe))
+            diff = sorted(k for k in set(a) | set(b) if a.get(k, "<unset>") != b.get(k, "<unset>"))
+            if diff:
+                k = diff[0]
+                shown = ", ".join(f"{k}={a.get(k, '<unset>')!r} in {first[probe].origin} vs "
+                                  f"{b.get(k, '<unset>')!r} in {e.origin}" for k in diff[:3])
+                more = f" (and {len(diff) - 3} more)" if len(diff) > 3 else ""
+                raise ReportError(
+                    f"reports ran probe {probe!r} with different options: {shown}{more}: re-run "
+                    f"`armetrics analyze` with the same --set {probe}.{k}=..., or compare them separately")
+
+
+def _data_key(report: Report) -> tuple | None:
+    d = report.data.get("data")
+    if not d:
+        return None
+    return (d.get("source"), d.get("n"), d.get("seed"))
+
+
+def _note_data(entries: Sequence[Entry]) -> str | None:
+    """Mark entries whose data selection (source, n, seed) differs from the most common
+    one (every entry when no selection is the most common); return a page note."""
+    keys = [_data_key(e.report) for e in entries]
+    present = [k for k in keys if k is not None]
+    if len(set(present)) <= 1:
+        return None
+    counts = {k: present.count(k) for k in set(present)}
+    top = max(counts.values())
+    common = next(k for k in present if counts[k] == top) if list(counts.values()).count(top) == 1 else None
+    for e, k in zip(entries, keys):
+        if k is None or k == common:
+            continue
+        e.data_note = f"different data: source={k[0]} n={k[1]} seed={k[2]}"
+        if common is not None:
+            e.data_note += f" (most reports: source={common[0]} n={common[1]} seed={common[2]})"
+    return ("The reports were computed on different data selections (source, n or seed): their data-"
+            "dependent numbers are not measured on the same images; rows marked in data_note differ.")
+
+
+# --------------------------------------------------------------------------- eps and order
+_EPS_INT = re.compile(r"eps[_-]?(\d+)(?:[_/-]255)?(?![\d.])", re.IGNORECASE)
+_EPS_DEC = re.compile(r"eps[_-]?(\d*\.\d+)", re.IGNORECASE)
+
+
+def eps_from_name(name: str) -> float | None:
+    """``small_cnn_eps8`` -> 8/255 (an integer after ``eps`` counts 255ths), ``eps0.5`` -> 0.5."""
+    m = _EPS_DEC.search(name)
+    if m:
+        return float(m.group(1))
+    m = _EPS_INT.search(name)
+    if m:
+        return int(m.group(1)) / 255.0
+    return None
+
+
+def _resolve_eps(e: Entry) -> None:
+    model = e.report.model
+    eps = parse_eps(model.get("eps"))
+    if eps is not None:
+        e.eps, e.eps_from = eps, "report"
+        return
+    rec = lookup(str(model.get("source", "")))
+    if rec and rec.get("eps") is not None:
+        e.eps, e.eps_from = rec["eps"], "leaderboard"
+        return
+    for text in (model.get("name"), Path(str(model.get("source", ""))).stem):
+        eps = eps_from_name(str(text or ""))
+        if eps is not None:
+            e.eps, e.eps_from = eps, "name"
+            return
+
+
+def order(entries: Sequence[Entry]) -> list[Entry]:
+    """ε ascending (known first), then robust accuracy ascending (known first), then input
+    order: from the least to the most robust model."""
+    def key(e: Entry):
+        ra = e.robust_accuracy
+        return (e.eps is None, e.eps if e.eps is not None else 0.0, ra is None, ra or 0.0, e.index)
+
+    return sorted(entries, key=key)
+
+
+def _labels(entries: Sequence[Entry]) -> None:
+    names = [str(e.report.model.get("name") or "model") for e in entries]
+    for e, name in zip(entries, names):
+        e.label = name
+    for name in {n for n in names if names.count(n) > 1}:
+        dup = [e for e, n in zip(entries, names) if n == name]
+        for k, e in enumerate(dup, 1):
+            sha = str(e.report.model.get("sha256") or "")[:8]
+            e.label = f"{name} [{sha}]" if sha and len({str(d.report.model.get('sha256'))[:8] for d in dup}) == len(dup) \
+                else f"{name} #{k}"
+
+
+# --------------------------------------------------------------------------- table
+def summary_columns(entries: Sequence[Entry]) -> list[str]:
+    """``<probe>.<key>`` for every summary key, in first-seen order."""
+    cols: list[str] = []
+    seen = set()
+    for e in entries:
+        for probe in e.report.probes:
+            for key in e.report.summary(probe):
+                col = f"{probe}.{key}"
+                if col not in seen:
+                    seen.add(col)
+                    cols.append(col)
+    return cols
+
+
+def value(entry: Entry, column: str) -> float | int | None:
+    """The finite summary value ``<probe>.<key>`` of an entry (ints stay ints), else None."""
+    probe, _, key = column.partition(".")
+    if column.startswith("leaderboard."):
+        v = (entry.leaderboard or {}).get(key)
+    else:
+        v = (entry.report.data["probes"].get(probe) or {}).get("summary", {}).get(key)
+    return v if _finite(v) else None
+
+
+def _cell(v: Any) -> str:
+    if v is None:
+        return ""
+    if isinstance(v, float):
+        return repr(v) if math.isfinite(v) else ""
+    return str(v)
+
+
+def _rows(entries: Sequence[Entry], columns: Sequence[str], against: str | None) -> list[dict[str, Any]]:
+    rows = []
+    for e in entries:
+        m, d = e.report.model, e.report.data.get("data") or {}
+        row: dict[str, Any] = {
+            "model": e.label, "source": m.get("source"), "sha256": str(m.get("sha256") or "")[:12] or None,
+            "eps": e.eps, "eps_from": e.eps_from or None, "data_source": d.get("source"), "data_n": d.get("n"),
+            "data_seed": d.get("seed"), "data_note": e.data_note or None,
+        }
+        if against:
+            for col in LEADERBOARD_COLUMNS:
+                row[col] = value(e, col)
+        for col in columns:
+            row[col] = value(e, col)
+        rows.append(row)
+    return rows
+
+
+def _write_csv(path: Path, header: Sequence[str], rows: Iterable[dict[str, Any]]) -> Path:
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(header)
+    for row in rows:
+        w.writerow([_cell(row.get(h)) for h in header])
+    atomic_write_text(path, buf.getvalue())
+    return path
+
+
+# --------------------------------------------------------------------------- correlation
+def correlation(entries: Sequence[Entry], columns: Sequence[str]) -> list[dict[str, Any]]:
+    """Spearman ρ between each summary column and the leaderboard robust accuracy, over
+    the entries that have both; strongest |ρ| first, undefined (NaN) ones last."""
+    from scipy.stats import spearmanr
+
+    out = []
+    for col in columns:
+        pairs = [(value(e, col), e.leaderboard["robust_accuracy"]) for e in entries
+                 if e.leaderboard and _finite(e.leaderboard.get("robust_accuracy")) and value(e, col) is not None]
+        n = len(pairs)
+        rho = p = math.nan
+        note = ""
+        if n < MIN_MODELS_FOR_CORRELATION:
+            note = f"fewer than {MIN_MODELS_FOR_CORRELATION} models with this key and a leaderboard robust accuracy"
+        elif len({x for x, _ in pairs}) == 1:
+            note = "the key has the same value for every model"
+        elif len({y for _, y in pairs}) == 1:
+            note = "every model has the same leaderboard robust accuracy"
+        else:
+            res = spearmanr([x for x, _ in pairs], [y for _, y in pairs])
+            rho, p = float(res.statistic), float(res.pvalue)
+        out.append({"key": col, "n": n, "spearman_rho": rho, "p_value": p, "note": note})
+    out.sort(key=lambda r: (not math.isfinite(r["spearman_rho"]), -abs(r["spearman_rho"]) if math.isfinite(r["spearman_rho"]) else 0))
+    return out
+
+
+# --------------------------------------------------------------------------- main
+def compare(reports: Sequence[Report | str | Path], out: str | Path, against: str | None = None) -> Comparison:
+    """Compare reports (Report objects, report paths, or directories of reports): write
+    ``summary.csv``, figures and ``index.html`` into ``out`` (created if needed); with
+    ``against="leaderboard"`` also ``correlation.csv`` / ``correlation.png``.
+
+    Raises ReportError for unreadable, foreign or newer-schema reports and for reports
+    that ran a shared probe with different options; ConfigError for an unknown
+    ``against``. Reports on different data selections are allowed and noted.
+    """
+    check_against(against)
+    if isinstance(reports, (str, Path, Report)):
+        reports = [reports]
+    loaded = _expand(reports)
+    if not loaded:
+        raise ConfigError("compare needs at least one report: pass report files written by `armetrics analyze`")
+    entries = [Entry(r, origin, i) for i, (r, origin) in enumerate(loaded)]
+    check_compatible(entries)
+    notes = []
+    data_note = _note_data(entries)
+    if data_note:
+        notes.append(data_note)
+    for e in entries:
+        e.leaderboard = lookup(str(e.report.model.get("source", "")))
+        _resolve_eps(e)
+    entries = order(entries)
+    _labels(entries)
+
+    out = Path(out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ReportError(f"cannot create {out} ({exc.strerror}): choose a writable --out directory") from None
+
+    columns = summary_columns(entries)
+    header = list(FIXED_COLUMNS) + (list(LEADERBOARD_COLUMNS) if against else []) + columns
+    rows = _rows(entries, columns, against)
+    summary_csv = _write_csv(out / "summary.csv", header, rows)
+
+    from . import plots
+
+    series = plots.make_series([e.label for e in entries], [e.report for e in entries])
+    figures: dict[str, Path] = {}
+    for name, draw in plots.FIGURES.items():
+        if name == "accuracy_robust.png":
+            path = draw(series, out / name, leaderboard={e.label: e.leaderboard for e in entries if e.leaderboard})
+        else:
+            path = draw(series, out / name)
+        if path is not None:
+            figures[name] = path
+
+    corr_rows = None
+    correlation_csv = None
+    if against == "leaderboard":
+        missing = [e.label for e in entries if not (e.leaderboard and _finite(e.leaderboard.get("robust_accuracy")))]
+        if missing:
+            notes.append("Not on the leaderboard (no robustbench:DATASET/THREAT/NAME source with a robust accuracy), "
+                         "left out of the correlation: " + ", ".join(missing) + ".")
+        corr_rows = correlation(entries, columns)
+        correlation_csv = _write_csv(out / "correlation.csv", ["key", "n", "spearman_rho", "p_value", "note"], corr_rows)
+        by_label = {e.label: e for e in entries}
+        path = plots.plot_correlation(
+            series, out / "correlation.png", corr_rows,
+            values=lambda s, key: _or_nan(value(by_label[s.label], key)),
+            robust=lambda s: _or_nan((by_label[s.label].leaderboard or {}).get("robust_accuracy")))
+        if path is not None:
+            figures["correlation.png"] = path
+
+    # a previous comparison in the same folder may have drawn figures this one has no data for
+    for stale in [*plots.FIGURES, "correlation.png", "correlation.csv"]:
+        if stale not in figures and (stale != "correlation.csv" or correlation_csv is None):
+            (out / stale).unlink(missing_ok=True)
+
+    unknown = [e.label for e in entries if e.eps is None]
+    if unknown and len(unknown) < len(entries):
+        notes.append("ε unknown (ordered after the others): " + ", ".join(unknown) + ".")
+    page = render_html(entries, header, rows, figures, corr_rows, notes)
+    html_path = out / "index.html"
+    atomic_write_text(html_path, page)
+    return Comparison(out=out, models=[e.label for e in entries], summary_csv=summary_csv, html=html_path,
+                      figures=figures, correlation_csv=correlation_csv, notes=notes)
+
+
+# --------------------------------------------------------------------------- html
+CSS = """
+body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:2em auto;max-width:1200px;
+padding:0 1em;color:#222;line-height:1.4}
+h1{font-size:1.6em}h2{font-size:1.25em;margin-top:1.8em;border-bottom:1px solid #ddd}
+table{border-collapse:collapse;font-size:0.85em;margin:0.5em 0}
+th,td{border:1px solid #ddd;padding:3px 7px;text-align:right;white-space:nowrap}
+th{background:#f4f4f4}td.k,th.k{text-align:left}tr.probe th{text-align:left;background:#e9eef5}
+.scroll{overflow-x:auto}.note{background:#fff6dd;border-left:4px solid #e0b000;padding:0.4em 0.8em;margin:0.5em 0}
+figure{margin:1.2em 0}figure img{max-width:100%;border:1px solid #eee}figcaption{font-size:0.9em;color:#444}
+.swatch{display:inline-block;width:0.9em;height:0.9em;border-radius:2px;margin-right:0.4em;vertical-align:-0.1em}
+code{font-size:0.9em}
+"""
+
+
+def _fmt(v: Any) -> str:
+    if v is None or (isinstance(v, float) and not math.isfinite(v)):
+        return "–"
+    if isinstance(v, float):
+        if v == 0:
+            return "0"
+        return f"{v:.4g}" if 1e-3 <= abs(v) < 1e5 else f"{v:.3e}"
+    return str(v)
+
+
+def _eps_text(eps: float | None) -> str:
+    if eps is None:
+        return "–"
+    k = eps * 255
+    if abs(k - round(k)) < 1e-6:
+        return f"{round(k)}/255"
+    return f"{eps:g}"
+
+
+def render_html(entries: Sequence[Entry], header: Sequence[str], rows: Sequence[dict[str, Any]],
+                figures: dict[str, Path], corr_rows: Sequence[dict[str, Any]] | None, notes: Sequence[str]) -> str:
+    """The self-contained comparison page (figures linked by relative file name)."""
+    from .plots import CAPTIONS, colours
+
+    esc = html.escape
+    cs = colours(len(entries))
+    hexes = ["#%02x%02x%02x" % tuple(int(255 * c) for c in col[:3]) for col in cs]
+    when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    parts = [f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+             f"<title>armetrics comparison</title><style>{CSS}</style></head><body>",
+             f"<h1>armetrics comparison of {len(entries)} model{'s' if len(entries) != 1 else ''}</h1>",
+             f"<p>Written by armetrics {esc(__version__)} on {esc(when)}. Models are ordered by ε, then robust "
+             f"accuracy; the same colour marks a model in every figure. Numbers: <a href=\"summary.csv\">summary.csv</a>"
+             + (", <a href=\"correlation.csv\">correlation.csv</a>" if corr_rows is not None else "") + ".</p>"]
+    for note in notes:
+        parts.append(f"<p class=\"note\">{esc(note)}</p>")
+
+    parts.append("<h2>Models</h2><div class=\"scroll\"><table><tr><th class=\"k\">model</th><th class=\"k\">source</th>"
+                 "<th>sha256</th><th>ε</th><th class=\"k\">ε from</th><th class=\"k\">data</th><th>n</th><th>seed</th>"
+                 "<th class=\"k\">note</th></tr>")
+    for e, row, hx in zip(entries, rows, hexes):
+        parts.append(
+            f"<tr><td class=\"k\"><span class=\"swatch\" style=\"background:{hx}\"></span>{esc(e.label)}</td>"
+            f"<td class=\"k\"><code>{esc(str(row['source']))}</code></td><td><code>{esc(str(row['sha256'] or '–'))}</code></td>"
+            f"<td>{_eps_text(e.eps)}</td><td class=\"k\">{esc(e.eps_from or '–')}</td>"
+            f"<td class=\"k\">{esc(str(row['data_source'] or '–'))}</td><td>{_fmt(row['data_n'])}</td>"
+            f"<td>{_fmt(row['data_seed'])}</td><td class=\"k\">{esc(e.data_note)}</td></tr>")
+    parts.append("</table></div>")
+
+    # summary: one row per key, one column per model (wide tables read badly the other way)
+    parts.append("<h2>Summary</h2><div class=\"scroll\"><table><tr><th class=\"k\">key</th>"
+                 + "".join(f"<th><span class=\"swatch\" style=\"background:{hx}\"></span>{esc(e.label)}</th>"
+                           for e, hx in zip(entries, hexes)) + "</tr>")
+    fixed = set(FIXED_COLUMNS)
+    current = None
+    for col in header:
+        if col in fixed:
+            continue
+        probe, _, key = col.partition(".")
+        if probe != current:
+            current = probe
+            parts.append(f"<tr class=\"probe\"><th colspan=\"{len(entries) + 1}\">{esc(probe)}</th></tr>")
+        parts.append(f"<tr><td class=\"k\">{esc(key)}</td>" + "".join(f"<td>{_fmt(r.get(col))}</td>" for r in rows)
+                     + "</tr>")
+    parts.append("</table></div>")
+
+    configs: dict[str, dict] = {}
+    for e in entries:
+        for p in e.report.probes:
+            configs.setdefault(p, e.report.config(p))
+    if configs:
+        parts.append("<h2>Probe options</h2><p>Every report that ran a probe ran it with these options.</p>"
+                     "<table><tr><th class=\"k\">probe</th><th class=\"k\">options</th></tr>")
+        for p, cfg in configs.items():
+            text = ", ".join(f"{k}={v!r}" for k, v in cfg.items()) or "(defaults, none)"
+            parts.append(f"<tr><td class=\"k\">{esc(p)}</td><td class=\"k\"><code>{esc(text)}</code></td></tr>")
+        parts.append("</table>")
+
+    if figures:
+        parts.append("<h2>Figures</h2>")
+        for name in figures:
+            caption = CAPTIONS.get(name, "")
+            parts.append(f"<figure><img src=\"{esc(name)}\" alt=\"{esc(caption or name)}\">"
+                         f"<figcaption>{esc(caption)}</figcaption></figure>")
+    else:
+        parts.append("<p>No figures: none of the reports has a probe with something to draw "
+                     "(spectrum, margin, confidence, smoothness, robust_accuracy).</p>")
+
+    if corr_rows is not None:
+        parts.append("<h2>Rank correlation with leaderboard robust accuracy</h2><p>Spearman ρ between each summary "
+                     "key and the RobustBench leaderboard's robust accuracy over the models that have both; "
+                     f"undefined (–) for fewer than {MIN_MODELS_FOR_CORRELATION} models or constant values.</p>"
+                     "<div class=\"scroll\"><table><tr><th class=\"k\">key</th><th>n</th><th>Spearman ρ</th>"
+                     "<th>p-value</th><th class=\"k\">note</th></tr>")
+        for r in corr_rows:
+            parts.append(f"<tr><td class=\"k\">{esc(r['key'])}</td><td>{r['n']}</td><td>{_fmt(r['spearman_rho'])}</td>"
+                         f"<td>{_fmt(r['p_value'])}</td><td class=\"k\">{esc(r['note'])}</td></tr>")
+        parts.append("</table></div>")
+    parts.append("</body></html>\n")
+    return "\n".join(parts)

@@ -1,0 +1,572 @@
+"""Comparison figures: one PNG per question, one colour per model, in a fixed order.
+
+Every ``plot_*`` function takes the models to draw (:class:`Series`: a label, a
+colour, a marker and the :class:`~armetrics.report.Report`) and a path, draws what
+those reports contain and returns the path — or ``None`` without writing anything
+when no report has the probe or keys the figure needs. Missing keys, ``None``
+(non-finite) values and models lacking a probe are skipped, never an error.
+
+Figures are drawn on :class:`matplotlib.figure.Figure` with the Agg canvas (no
+pyplot, no display, no global backend switch), constrained layout, and one legend
+outside the axes so it never covers data.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from .report import Report
+
+MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "<", ">")
+DPI = 110
+MAX_NAMED_TICKS = 24  # more layers than this: numeric depth ticks only
+
+
+@dataclass
+class Series:
+    """One model in a figure."""
+
+    label: str
+    colour: Any
+    marker: str
+    report: Report
+
+
+def colours(n: int) -> list[tuple[float, float, float, float]]:
+    """``n`` colours from viridis (dark = first model, light green = last), skipping
+    its pale yellow-green end so every colour reads on white."""
+    from matplotlib import colormaps
+
+    cmap = colormaps["viridis"]
+    if n == 1:
+        return [cmap(0.0)]
+    return [cmap(0.82 * i / (n - 1)) for i in range(n)]
+
+
+def make_series(labels: Sequence[str], reports: Sequence[Report]) -> list[Series]:
+    cs = colours(len(labels))
+    return [Series(lab, c, MARKERS[i % len(MARKERS)], r) for i, (lab, c, r) in enumerate(zip(labels, cs, reports))]
+
+
+# --------------------------------------------------------------------------- helpers
+def _figure(nrows: int = 1, ncols: int = 1, *, width: float = 6.4, height: float = 4.2, **kw):
+    """A figure of ``width`` x ``height`` inches of plots plus a legend column on the
+    right (sized in :func:`_save`). Returns the plots' subfigure (call ``suptitle`` on
+    it: the title is centred over the plots, never over the legend) and the axes."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width + 2.0, height), dpi=DPI, layout="constrained")
+    main, side = fig.subfigures(1, 2, width_ratios=[width, 2.0], wspace=0.0)
+    main.armetrics_legend = side
+    main.armetrics_width = width
+    axes = main.subplots(nrows, ncols, squeeze=False, **kw)
+    return main, axes
+
+
+def _text_width(text: str, size: float) -> float:
+    """Width of ``text`` in points at font ``size`` (default font), without a renderer."""
+    from matplotlib.font_manager import FontProperties
+    from matplotlib.textpath import TextToPath
+
+    return TextToPath().get_text_width_height_descent(text, FontProperties(size=size), ismath=False)[0]
+
+
+def _save(main, path: Path, handles: list, labels: list[str], title: str = "model") -> Path:
+    """Put the legend in its own column, as wide as its longest label, and write the PNG."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    fig, side = main.figure, main.armetrics_legend
+    legend_width = 0.05
+    if handles:
+        size = 9.0
+        ncol = 1 if len(labels) <= 14 else 2
+        widest = max(_text_width(str(t), size) for t in [*labels, title])
+        legend_width = ncol * (widest + 3.6 * size) / 72 + 0.25
+        side.legend(handles, labels, loc="upper left", frameon=False, ncol=ncol, title=title, fontsize=size,
+                    title_fontsize=size + 1, borderaxespad=0.2)
+    width = main.armetrics_width
+    main._subplotspec.get_gridspec().set_width_ratios([width, legend_width])
+    fig.set_size_inches(width + legend_width, fig.get_figheight())
+    FigureCanvasAgg(fig)
+    fig.savefig(path, dpi=DPI)
+    return Path(path)
+
+
+def _num(v: Any) -> float:
+    """A report value as a float; NaN for None, strings, bools."""
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return math.nan
+    return float(v)
+
+
+def _probe(report: Report, probe: str) -> dict[str, Any] | None:
+    return report.data["probes"].get(probe)
+
+
+def _layer_rows(report: Report, probe: str) -> list[dict[str, Any]]:
+    entry = _probe(report, probe)
+    return list(entry.get("layers") or []) if entry else []
+
+
+def _any_finite(values) -> bool:
+    return any(math.isfinite(v) for v in values)
+
+
+def _depth_axis(ax, names_per_model: list[list[str]], xlabel: str) -> None:
+    """x = layer depth 1..L; tick labels are the layer names when every model has the
+    same layers and there are few enough of them to read."""
+    longest = max((len(n) for n in names_per_model), default=0)
+    same = all(n == names_per_model[0] for n in names_per_model)
+    if same and 0 < longest <= MAX_NAMED_TICKS:
+        ax.set_xticks(range(1, longest + 1))
+        ax.set_xticklabels(names_per_model[0], rotation=60, ha="right", rotation_mode="anchor", fontsize=7)
+        ax.set_xlabel(xlabel)
+    else:
+        from matplotlib.ticker import MaxNLocator
+
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True, nbins=10))
+        ax.set_xlabel(f"{xlabel} (depth index)")
+
+
+def _log_axis(ax, values: Sequence[float] = ()) -> None:
+    """Log y scale with plain-number tick labels (1, 2, 5, 10, ... over at most three
+    decades of ``values``, else powers of ten), no 2x10^0 clutter."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    finite = [v for v in values if math.isfinite(v) and v > 0]
+    decades = math.log10(max(finite) / min(finite)) if finite else 0.0
+    subs = (1.0, 2.0, 5.0) if decades <= 3 else (1.0,)
+    ax.set_yscale("log")
+    ax.yaxis.set_major_locator(LogLocator(base=10, subs=subs, numticks=12))
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _pos: f"{v:g}"))
+    ax.yaxis.set_minor_formatter(NullFormatter())
+
+
+def _log_ok(values: list[float]) -> bool:
+    finite = [v for v in values if math.isfinite(v)]
+    return bool(finite) and min(finite) > 0 and max(finite) / min(finite) > 20
+
+
+# --------------------------------------------------------------------------- per-layer lines
+SPECTRUM_STATS = (
+    ("cv", "CV of singular values\n(std / mean)"),
+    ("sigma_max", "largest singular value σ_max"),
+    ("condition_number", "condition number\nσ_max / σ_min"),
+    ("stable_rank", "stable rank Σσ² / σ_max²"),
+)
+SMOOTHNESS_STATS = (
+    ("ratio_random", "‖Δh‖ / ‖δ‖, random δ"),
+    ("ratio_worst", "‖Δh‖ / ‖δ‖, worst δ (σ_max of J)"),
+    ("rel_ratio_worst", "worst ratio relative to\n‖h(x)‖ / ‖x‖"),
+    ("anisotropy", "anisotropy\nratio_worst / ratio_random"),
+)
+
+
+def _per_layer_figure(series: Sequence[Series], probe: str, stats, path: Path, title: str, xlabel: str) -> Path | None:
+    rows = {s.label: _layer_rows(s.report, probe) for s in series}
+    present = [(k, lab) for k, lab in stats
+               if any(_any_finite(_num(r.get(k)) for r in rs) for rs in rows.values())]
+    if not present:
+        return None
+    ncols = 2 if len(present) > 1 else 1
+    nrows = math.ceil(len(present) / ncols)
+    fig, axes = _figure(nrows, ncols, width=5.0 * ncols, height=3.6 * nrows + 0.6)
+    handles, labels = [], []
+    drawn = [s for s in series if rows[s.label]]
+    names = [[str(r.get("name")) for r in rows[s.label]] for s in drawn]
+    for ax, (key, ylabel) in zip(axes.flat, present):
+        values_all = []
+        for s in drawn:
+            ys = [_num(r.get(key)) for r in rows[s.label]]
+            values_all += ys
+            lo = [_num(r.get(f"{key}_ci_low")) for r in rows[s.label]]
+            hi = [_num(r.get(f"{key}_ci_high")) for r in rows[s.label]]
+            if _any_finite(lo) and _any_finite(hi):  # 95% confidence band where the probe gives one
+                ax.fill_between(range(1, len(ys) + 1), lo, hi, color=s.colour, alpha=0.15, linewidth=0)
+            (line,) = ax.plot(range(1, len(ys) + 1), ys, color=s.colour, marker=s.marker, markersize=4, linewidth=1.5,
+                              markevery=max(1, len(ys) // 12))
+            if ax is axes.flat[0]:
+                handles.append(line)
+                labels.append(s.label)
+        if _log_ok(values_all):
+            _log_axis(ax, values_all)
+        ax.set_ylabel(ylabel)
+        ax.grid(True, alpha=0.3)
+    for ax in axes.flat[len(present):]:
+        ax.set_visible(False)
+    for ax in axes.flat[:len(present)]:
+        _depth_axis(ax, names, xlabel)
+    fig.suptitle(title)
+    return _save(fig, path, handles, labels)
+
+
+def plot_spectrum_layers(series: Sequence[Series], path: Path) -> Path | None:
+    """Per-layer spectrum statistics (cv, σ_max, condition number, stable rank) vs depth."""
+    return _per_layer_figure(series, "spectrum", SPECTRUM_STATS, path,
+                             "Weight spectrum per layer", "layer")
+
+
+def plot_smoothness_layers(series: Sequence[Series], path: Path) -> Path | None:
+    """Per-layer smoothness ratios and anisotropy vs depth (last row: the logits), with
+    the probe's 95% bootstrap bands where it reports ``<key>_ci_low/high``."""
+    return _per_layer_figure(series, "smoothness", SMOOTHNESS_STATS, path,
+                             "Feature change per unit input change, per layer", "layer")
+
+
+# --------------------------------------------------------------------------- spectrum bands
+QUANTILE_KEY_SETS = (
+    # (low outer, low inner, middle, high inner, high outer) per-layer keys, first match wins
+    ("sigma_q05", "sigma_q25", "sigma_median", "sigma_q75", "sigma_q95"),
+    ("q05", "q25", "median", "q75", "q95"),
+    ("sigma_q05", "sigma_q25", "sigma_q50", "sigma_q75", "sigma_q95"),
+    ("q05", "q25", "q50", "q75", "q95"),
+)
+
+
+def hist_quantiles(edges: Sequence[float], counts: Sequence[float], qs: Sequence[float]) -> list[float]:
+    """Quantiles of histogrammed data, linear within a bin (NaN when the histogram is empty)."""
+    counts = np.asarray(counts, dtype=float)
+    edges = np.asarray(edges, dtype=float)
+    total = counts.sum()
+    if total <= 0 or len(edges) != len(counts) + 1:
+        return [math.nan] * len(qs)
+    cum = np.concatenate([[0.0], np.cumsum(counts)]) / total
+    out = []
+    for q in qs:
+        i = int(np.clip(np.searchsorted(cum, q, side="left"), 1, len(edges) - 1))
+        lo, hi = cum[i - 1], cum[i]
+        frac = 0.0 if hi <= lo else (q - lo) / (hi - lo)
+        out.append(float(edges[i - 1] + frac * (edges[i] - edges[i - 1])))
+    return out
+
+
+def _spectrum_bands(report: Report) -> tuple[list[str], dict[str, list[float]]]:
+    """Per layer: ``min``/``max`` (σ_min, σ_max), ``lo``/``hi`` (inner quantile band),
+    ``lo2``/``hi2`` (outer band), ``mid`` (median or mean), from the per-layer quantile
+    keys, else the per-layer histograms in ``distributions``, else mean ± std."""
+    rows = _layer_rows(report, "spectrum")
+    names = [str(r.get("name")) for r in rows]
+    out: dict[str, list[float]] = {k: [] for k in ("min", "max", "lo2", "lo", "mid", "hi", "hi2")}
+    entry = _probe(report, "spectrum") or {}
+    dists = entry.get("distributions") or {}
+    keys = next((ks for ks in QUANTILE_KEY_SETS if rows and all(k in rows[0] for k in ks)), None)
+    for r in rows:
+        out["min"].append(_num(r.get("sigma_min")))
+        out["max"].append(_num(r.get("sigma_max")))
+        name = str(r.get("name"))
+        hist = dists.get(name) or dists.get(f"{name}.sigma") or dists.get(f"sigma.{name}")
+        if keys:
+            vals = [_num(r.get(k)) for k in keys]
+        elif isinstance(hist, dict) and "edges" in hist and "counts" in hist:
+            vals = hist_quantiles(hist["edges"], hist["counts"], (0.05, 0.25, 0.5, 0.75, 0.95))
+        else:
+            m, sd = _num(r.get("mean")), _num(r.get("std"))
+            vals = [math.nan, m - sd, m, m + sd, math.nan]
+        for k, v in zip(("lo2", "lo", "mid", "hi", "hi2"), vals):
+            out[k].append(v)
+    return names, out
+
+
+def plot_spectrum_distribution(series: Sequence[Series], path: Path) -> Path | None:
+    """Singular value distribution per layer, one panel per model: σ_min–σ_max range,
+    5–95% and 25–75% quantile bands, median line."""
+    drawn = [(s, *_spectrum_bands(s.report)) for s in series if _layer_rows(s.report, "spectrum")]
+    drawn = [d for d in drawn if _any_finite(d[2]["max"]) or _any_finite(d[2]["mid"])]
+    if not drawn:
+        return None
+    n = len(drawn)
+    ncols = min(n, 3)
+    nrows = math.ceil(n / ncols)
+    fig, axes = _figure(nrows, ncols, width=4.0 * ncols, height=3.3 * nrows + 0.8, sharey=True)
+    from matplotlib.patches import Patch
+    from matplotlib.lines import Line2D
+
+    all_vals = []
+    for ax, (s, names, b) in zip(axes.flat, drawn):
+        x = np.arange(1, len(names) + 1)
+        arr = {k: np.asarray(v, dtype=float) for k, v in b.items()}
+        all_vals += [v for k in ("min", "max", "mid") for v in b[k]]
+        ax.fill_between(x, arr["min"], arr["max"], color=s.colour, alpha=0.12, linewidth=0)
+        ax.fill_between(x, arr["lo2"], arr["hi2"], color=s.colour, alpha=0.22, linewidth=0)
+        ax.fill_between(x, arr["lo"], arr["hi"], color=s.colour, alpha=0.45, linewidth=0)
+        ax.plot(x, arr["mid"], color=s.colour, marker=s.marker, markersize=3.5, linewidth=1.5,
+                markevery=max(1, len(x) // 12))
+        ax.set_title(s.label, fontsize=10)
+        ax.grid(True, alpha=0.3)
+        _depth_axis(ax, [names], "layer")
+    finite = [v for v in all_vals if math.isfinite(v) and v > 0]
+    if finite and max(finite) / min(finite) > 20:
+        for ax in axes.flat:
+            _log_axis(ax, finite)
+    for ax in axes[:, 0]:
+        ax.set_ylabel("singular value σ")
+    for ax in axes.flat[n:]:
+        ax.set_visible(False)
+    grey = "0.35"
+    handles = [Patch(color=grey, alpha=0.12), Patch(color=grey, alpha=0.3), Patch(color=grey, alpha=0.55),
+               Line2D([], [], color=grey, linewidth=1.5)]
+    labels = ["σ_min – σ_max", "5–95% of σ", "25–75% of σ", "median σ"]
+    fig.suptitle("Singular value distribution per layer")
+    return _save(fig, path, handles, labels, title="band")
+
+
+# --------------------------------------------------------------------------- histograms
+MARGIN_HISTS = (
+    ("logit_margin", "logit margin  z_y − max_{j≠y} z_j"),
+    ("prob_margin", "probability margin  p_y − max_{j≠y} p_j"),
+    ("normalized_margin", "normalized margin  m / ‖z‖₂"),
+)
+CONFIDENCE_HISTS = (
+    ("max_prob", "confidence  max_j p_j"),
+    ("entropy", "predictive entropy (nats)"),
+)
+
+
+def _hist_fractions(hist: dict[str, Any]) -> tuple[np.ndarray, np.ndarray] | None:
+    """(edges, fraction of all samples per bin); under/overflow folded into the end bins."""
+    try:
+        edges = np.asarray(hist["edges"], dtype=float)
+        counts = np.asarray(hist["counts"], dtype=float)
+    except (KeyError, TypeError, ValueError):
+        return None
+    if edges.ndim != 1 or len(edges) != len(counts) + 1 or len(counts) == 0:
+        return None
+    counts = counts.copy()
+    counts[0] += _num(hist.get("underflow")) if math.isfinite(_num(hist.get("underflow"))) else 0.0
+    counts[-1] += _num(hist.get("overflow")) if math.isfinite(_num(hist.get("overflow"))) else 0.0
+    total = counts.sum()
+    if total <= 0:
+        return None
+    return edges, counts / total
+
+
+def _hist_figure(series: Sequence[Series], probe: str, hists, path: Path, title: str,
+                 zero_line: bool = False) -> Path | None:
+    present = [(k, lab) for k, lab in hists
+               if any(isinstance((_probe(s.report, probe) or {}).get("distributions", {}).get(k), dict) for s in series)]
+    if not present:
+        return None
+    fig, axes = _figure(1, len(present), width=4.3 * len(present), height=3.8)
+    handles, labels = [], []
+    for ax, (key, xlabel) in zip(axes.flat, present):
+        lo, hi = math.inf, -math.inf
+        for s in series:
+            hist = ((_probe(s.report, probe) or {}).get("distributions") or {}).get(key)
+            fr = _hist_fractions(hist) if isinstance(hist, dict) else None
+            if fr is None:
+                continue
+            edges, frac = fr
+            occupied = np.nonzero(frac)[0]
+            if len(occupied):
+                lo, hi = min(lo, edges[occupied[0]]), max(hi, edges[occupied[-1] + 1])
+            (line,) = ax.step(edges, np.append(frac, frac[-1]), where="post", color=s.colour, linewidth=1.6)
+            ax.fill_between(edges, np.append(frac, frac[-1]), step="post", color=s.colour, alpha=0.08, linewidth=0)
+            if s.label not in labels:
+                handles.append(line)
+                labels.append(s.label)
+        if math.isfinite(lo) and hi > lo:  # zoom on the occupied bins
+            pad = 0.04 * (hi - lo)
+            ax.set_xlim(lo - pad, hi + pad)
+        if zero_line and ax.get_xlim()[0] < 0 < ax.get_xlim()[1]:
+            ax.axvline(0.0, color="0.3", linestyle=":", linewidth=1)
+        ax.set_xlabel(xlabel)
+        ax.grid(True, alpha=0.3)
+    axes.flat[0].set_ylabel("fraction of samples per bin")
+    fig.suptitle(title)
+    return _save(fig, path, handles, labels)
+
+
+def plot_margin_hist(series: Sequence[Series], path: Path) -> Path | None:
+    """Overlaid histograms of the margin probe's distributions (fractions per bin)."""
+    return _hist_figure(series, "margin", MARGIN_HISTS, path,
+                        "Margins (end bins include values beyond the histogram range)", zero_line=True)
+
+
+def plot_confidence_hist(series: Sequence[Series], path: Path) -> Path | None:
+    """Overlaid histograms of confidence (max-prob) and entropy."""
+    return _hist_figure(series, "confidence", CONFIDENCE_HISTS, path, "Confidence and entropy")
+
+
+# --------------------------------------------------------------------------- reliability
+def plot_reliability(series: Sequence[Series], path: Path) -> Path | None:
+    """Reliability diagram: accuracy vs mean confidence per confidence bin (top), and the
+    fraction of samples per bin (bottom). The diagonal is perfect calibration."""
+    data = []
+    for s in series:
+        details = (_probe(s.report, "confidence") or {}).get("details") or {}
+        bins = details.get("reliability")
+        if not isinstance(bins, list):
+            continue
+        rows = [b for b in bins if isinstance(b, dict)]
+        total = sum(_num(b.get("count")) for b in rows if math.isfinite(_num(b.get("count"))))
+        pts = [(_num(b.get("confidence")), _num(b.get("accuracy")), _num(b.get("count")),
+                _num(b.get("lower")), _num(b.get("upper"))) for b in rows]
+        pts = [p for p in pts if all(math.isfinite(v) for v in p[:3]) and p[2] > 0]
+        if pts and total > 0:
+            data.append((s, pts, total))
+    if not data:
+        return None
+    fig, axes = _figure(2, 1, width=5.2, height=6.0, sharex=True, gridspec_kw={"height_ratios": [3, 1]})
+    top, bottom = axes[0, 0], axes[1, 0]
+    top.plot([0, 1], [0, 1], color="0.4", linestyle="--", linewidth=1)
+    handles, labels = [], []
+    for s, pts, total in data:
+        conf, acc, cnt = (np.array([p[i] for p in pts]) for i in range(3))
+        (line,) = top.plot(conf, acc, color=s.colour, marker=s.marker, markersize=4.5, linewidth=1.5)
+        ece = _num((s.report.data["probes"]["confidence"].get("summary") or {}).get("ece"))
+        handles.append(line)
+        labels.append(f"{s.label} (ECE {ece:.3f})" if math.isfinite(ece) else s.label)
+        bottom.plot(conf, cnt / total, color=s.colour, marker=s.marker, markersize=3.5, linewidth=1.2)
+    from matplotlib.lines import Line2D
+
+    handles.append(Line2D([], [], color="0.4", linestyle="--"))
+    labels.append("perfect calibration")
+    top.set_ylabel("accuracy in bin")
+    top.set_xlim(0, 1.0)
+    top.set_ylim(0, 1.02)
+    top.grid(True, alpha=0.3)
+    bottom.set_xlabel("mean confidence in bin (max_j p_j)")
+    bottom.set_ylabel("fraction\nof samples")
+    bottom.grid(True, alpha=0.3)
+    fig.suptitle("Reliability diagram")
+    return _save(fig, path, handles, labels)
+
+
+# --------------------------------------------------------------------------- scatter
+def clean_accuracy(report: Report) -> float:
+    """Clean top-1 accuracy from whichever probe reported it (accuracy, robust_accuracy,
+    confidence), NaN if none did."""
+    for probe in ("accuracy", "robust_accuracy", "confidence"):
+        v = _num(((_probe(report, probe) or {}).get("summary") or {}).get("accuracy"))
+        if math.isfinite(v):
+            return v
+    return math.nan
+
+
+def robust_accuracy(report: Report) -> float:
+    return _num(((_probe(report, "robust_accuracy") or {}).get("summary") or {}).get("robust_accuracy"))
+
+
+def _attack_text(series: Sequence[Series]) -> str:
+    for s in series:
+        entry = _probe(s.report, "robust_accuracy") or {}
+        cfg = entry.get("config") or {}
+        if cfg:
+            eps = _num(cfg.get("eps"))
+            if not math.isfinite(eps):  # default radius: the probe reports the one it used
+                eps = _num((entry.get("summary") or {}).get("eps"))
+            eps_txt = ""
+            if math.isfinite(eps):
+                k = eps * 255
+                eps_txt = f" ε={round(k):d}/255" if abs(k - round(k)) < 1e-6 and k >= 1 else f" ε={eps:g}"
+            parts = [{"pgd": "PGD", "autoattack": "AutoAttack"}.get(str(cfg["attack"]), str(cfg["attack"]))
+                     if k == "attack" else str(cfg[k]) for k in ("attack", "norm") if cfg.get(k) is not None]
+            return (" (" + " ".join(parts) + eps_txt + ")") if parts or eps_txt else ""
+    return ""
+
+
+def plot_accuracy_robust(series: Sequence[Series], path: Path,
+                         leaderboard: dict[str, dict[str, Any]] | None = None) -> Path | None:
+    """Clean accuracy vs robust accuracy (robust_accuracy probe), one point per model;
+    hollow markers: the leaderboard's clean / robust accuracy of zoo models."""
+    pts = [(s, clean_accuracy(s.report), robust_accuracy(s.report)) for s in series]
+    pts = [p for p in pts if math.isfinite(p[1]) and math.isfinite(p[2])]
+    if not pts:
+        return None
+    fig, axes = _figure(1, 1, width=5.0, height=4.8)
+    ax = axes[0, 0]
+    handles, labels = [], []
+    for s, a, r in pts:
+        h = ax.scatter([a], [r], color=s.colour, marker=s.marker, s=60, edgecolors="black", linewidths=0.5, zorder=3)
+        handles.append(h)
+        labels.append(s.label)
+    lb_drawn = False
+    for s in series:
+        rec = (leaderboard or {}).get(s.label)
+        if rec and rec.get("clean_accuracy") is not None and rec.get("robust_accuracy") is not None:
+            ax.scatter([rec["clean_accuracy"]], [rec["robust_accuracy"]], facecolors="none", edgecolors=[s.colour],
+                       marker=s.marker, s=70, linewidths=1.5, zorder=2)
+            lb_drawn = True
+    if lb_drawn:
+        from matplotlib.lines import Line2D
+
+        handles.append(Line2D([], [], marker="o", linestyle="", markerfacecolor="none", markeredgecolor="0.3"))
+        labels.append("leaderboard (hollow)")
+    ax.set_xlabel("clean accuracy")
+    ax.set_ylabel("robust accuracy" + _attack_text(series))
+    ax.set_xlim(-0.02, 1.02)
+    ax.set_ylim(-0.02, 1.02)
+    ax.plot([0, 1], [0, 1], color="0.6", linestyle=":", linewidth=1)
+    ax.grid(True, alpha=0.3)
+    ax.set_aspect("equal")
+    fig.suptitle("Accuracy vs robust accuracy")
+    return _save(fig, path, handles, labels)
+
+
+def plot_correlation(series: Sequence[Series], path: Path, rows: Sequence[dict[str, Any]],
+                     values: Callable[[Series, str], float], robust: Callable[[Series], float],
+                     top: int = 4) -> Path | None:
+    """Scatter of the ``top`` summary keys with the strongest finite Spearman |ρ| against
+    leaderboard robust accuracy (``rows`` as in correlation.csv, strongest first)."""
+    best = [r for r in rows if math.isfinite(_num(r.get("spearman_rho")))][:top]
+    if not best:
+        return None
+    ncols = min(len(best), 2)
+    nrows = math.ceil(len(best) / ncols)
+    fig, axes = _figure(nrows, ncols, width=4.4 * ncols, height=3.6 * nrows + 0.6)
+    handles, labels = [], []
+    for ax, row in zip(axes.flat, best):
+        key = row["key"]
+        for s in series:
+            x, y = values(s, key), robust(s)
+            if not (math.isfinite(x) and math.isfinite(y)):
+                continue
+            h = ax.scatter([x], [y], color=s.colour, marker=s.marker, s=50, edgecolors="black", linewidths=0.5)
+            if s.label not in labels:
+                handles.append(h)
+                labels.append(s.label)
+        ax.set_xlabel(key)
+        ax.set_title(f"Spearman ρ = {row['spearman_rho']:.2f}  (n = {row['n']})", fontsize=10)
+        ax.grid(True, alpha=0.3)
+    for ax in axes[:, 0]:
+        ax.set_ylabel("leaderboard robust accuracy")
+    for ax in axes.flat[len(best):]:
+        ax.set_visible(False)
+    fig.suptitle("Summary keys most rank-correlated with leaderboard robust accuracy")
+    return _save(fig, path, handles, labels)
+
+
+#: figure file name -> drawing function (each returns None when its data are absent)
+FIGURES: dict[str, Callable[[Sequence[Series], Path], Path | None]] = {
+    "spectrum_layers.png": plot_spectrum_layers,
+    "spectrum_distribution.png": plot_spectrum_distribution,
+    "margin_hist.png": plot_margin_hist,
+    "confidence_hist.png": plot_confidence_hist,
+    "reliability.png": plot_reliability,
+    "smoothness_layers.png": plot_smoothness_layers,
+    "accuracy_robust.png": plot_accuracy_robust,
+}
+
+CAPTIONS = {
+    "spectrum_layers.png": "Per-layer statistics of each layer's singular values (spectrum probe), input to output.",
+    "spectrum_distribution.png": "Distribution of each layer's singular values: σ_min–σ_max range, 5–95% and "
+                                 "25–75% bands and the median (from the spectrum probe's per-layer quantiles "
+                                 "or histograms; mean ± std when neither is reported).",
+    "margin_hist.png": "Margin distributions (margin probe), as the fraction of samples per bin; values beyond "
+                       "the histogram range are counted in the end bins.",
+    "confidence_hist.png": "Distribution of the confidence max_j p_j and the predictive entropy (confidence probe).",
+    "reliability.png": "Reliability diagram (confidence probe): accuracy vs mean confidence per equal-width "
+                       "confidence bin; below, the fraction of samples per bin.",
+    "smoothness_layers.png": "Per-layer smoothness (smoothness probe): feature change per unit input change "
+                             "along random and worst-case directions, and their ratio (anisotropy), with 95% "
+                             "bootstrap bands where reported; the last point of each line is the logits.",
+    "accuracy_robust.png": "Clean accuracy vs robust accuracy (robust_accuracy probe); hollow markers are the "
+                           "RobustBench leaderboard's numbers for zoo models.",
+    "correlation.png": "Summary keys with the strongest Spearman rank correlation with the leaderboard's "
+                       "robust accuracy.",
+}
