@@ -60,12 +60,25 @@ def format_summary(report) -> str:
         lines.append(f"warning: non-finite weights in {', '.join(m['nonfinite_parameters'][:5])}")
     for probe in report.probes:
         summary = report.summary(probe)
+        keys = _headline(probe)
+        if keys:
+            summary = {k: summary[k] for k in keys if k in summary}
         secs = report.data["probes"][probe].get("seconds")
         for i, (k, v) in enumerate(summary.items()):
             left = probe if i == 0 else ""
             tail = f"   ({secs:.2f}s)" if i == 0 and secs is not None else ""
             lines.append(f"  {left:<18} {k:<28} {_fmt(v)}{tail}")
     return "\n".join(lines)
+
+
+def _headline(probe: str) -> tuple[str, ...] | None:
+    from .errors import ConfigError
+    from .registry import get_probe
+
+    try:
+        return get_probe(probe).headline
+    except ConfigError:  # a report from a probe that is not installed here
+        return None
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -145,6 +158,8 @@ def analyze(models, arch, arch_kwargs, probes, data_src, n, batch_size, seed, de
         click.echo(report.to_json(), nl=False)
         click.echo(table, err=True)
         return
+    if out is None and not quiet:
+        table += "\n(the table shows headline keys; --out FILE.json saves the full report)"
     if out:
         report.save(out)
     click.echo(table)

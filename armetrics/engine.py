@@ -229,7 +229,7 @@ def _data_pass(model, data: Data, probes: list[Probe], ctx: Context, progress: b
         t = time.perf_counter()
         p.setup(ctx)
         p._seconds = time.perf_counter() - t
-    layer_names = sorted({name for p in probes for name in p.layers()})
+    layer_names = sorted({name for p in probes for name in p.feature_layers()})
     if progress is None:
         progress = sys.stderr.isatty()
     from tqdm.auto import tqdm

@@ -19,6 +19,7 @@ Life cycle, driven by :func:`armetrics.engine.analyze`::
 from __future__ import annotations
 
 import copy
+import dataclasses
 import hashlib
 import inspect
 import types
@@ -72,6 +73,13 @@ class Batch:
     model: nn.Module
     offset: int = 0
     seed: int = 0
+
+    def sample_rngs(self, stream: str, positions) -> list[torch.Generator]:
+        """One generator per sample: sample ``i`` of the batch gets the generator
+        :meth:`rng` would give a batch starting at that sample, i.e. seeded by (run seed,
+        the sample's index in the run, stream). Draws then depend on the sample alone,
+        not on batch size or sharding."""
+        return [dataclasses.replace(self, offset=self.offset + int(i)).rng(stream) for i in positions]
 
     def rng(self, stream: str = "") -> torch.Generator:
         """A generator seeded by (run seed, batch offset, stream name), on x's device."""
@@ -169,6 +177,8 @@ class Probe:
     name: ClassVar[str] = ""
     description: ClassVar[str] = ""
     needs_data: ClassVar[bool] = True
+    #: summary keys the CLI's table shows (None: all of them; the report has everything)
+    headline: ClassVar[tuple[str, ...] | None] = None
 
     def __init__(self) -> None:
         self._states: dict[str, tuple[Reduce, Any]] = {}
@@ -214,7 +224,7 @@ class Probe:
         """Called once before the data pass (or before ``compute`` for weight-only probes)."""
         self.ctx = ctx
 
-    def layers(self) -> list[str]:
+    def feature_layers(self) -> list[str]:
         """Module names whose outputs this probe wants in ``batch.features``."""
         return []
 

@@ -41,7 +41,7 @@ def feature_probe():
             self.add_state("total", ExactSum(), reduce="merge")
             self.add_state("seen", 0, reduce="sum")
 
-        def layers(self):
+        def feature_layers(self):
             return [self.layer]
 
         def update(self, batch: Batch):

@@ -88,6 +88,8 @@ class Confidence(Probe):
     Distributions: histograms of ``max_prob`` on [0, 1] and ``entropy`` on [0, log K].
     """
 
+    headline = ('accuracy', 'max_prob_mean', 'true_prob_mean', 'entropy_mean', 'ece')
+
     def __init__(
         self,
         *,

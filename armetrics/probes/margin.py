@@ -95,6 +95,8 @@ class Margin(Probe):
     ``_mean``, ``_q25``, ``_q75``, ``_failed``. Distributions: histograms of each margin.
     """
 
+    headline = ('logit_margin_mean', 'logit_margin_median', 'prob_margin_mean', 'prob_margin_median', 'normalized_margin_median', 'frac_negative')
+
     def __init__(
         self,
         *,

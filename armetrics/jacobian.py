@@ -1,0 +1,220 @@
+"""Layer Jacobians of a network at an input, without ever forming them.
+
+For a layer output ``h(x)`` (any module's output, flattened per sample) the Jacobian
+``J = dh/dx`` at ``x`` is applied to vectors in both directions:
+
+- ``J^T w`` (vector-Jacobian product): one backward pass from ``h`` to ``x``;
+- ``J v`` (Jacobian-vector product): the "double-backward trick" — ``g(u) = J^T u``
+  is linear in ``u``, so ``J v = d<g(u), v>/du``, one backward pass through the graph
+  of ``g``. It reuses the forward graph of ``h`` that the VJP already needs, so one
+  forward pass serves every layer and every iteration.
+
+Samples are independent (a model in eval mode), so with a batch ``x`` of shape
+``(B, ...)`` every product is per sample: ``J`` is block diagonal.
+
+:func:`top_singular_value` runs (Krylov-accelerated) power iteration on ``J^T J``
+per sample.
+:func:`tap_outputs` captures module outputs (as clones, so in-place ops that follow a
+module cannot change them) and counts calls; :func:`truncated` turns "the network up
+to module m" into a function that stops the forward pass right after ``m``.
+"""
+
+from __future__ import annotations
+
+import weakref
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Callable, Iterator, Sequence
+
+import torch
+import torch.autograd.forward_ad as fwAD
+from torch import nn
+
+from .errors import ProbeError
+from .hooks import resolve_layers
+
+
+def flat_norm(t: torch.Tensor) -> torch.Tensor:
+    """Per-sample L2 norm of ``t`` (B, ...) -> (B,)."""
+    return t.flatten(1).norm(dim=1)
+
+
+def _unit(t: torch.Tensor) -> torch.Tensor:
+    return t / flat_norm(t).clamp_min(1e-30).view(-1, *([1] * (t.ndim - 1)))
+
+
+@dataclass
+class Taps:
+    """Outputs of tapped modules from the last forward pass, and how often each ran."""
+
+    outputs: dict[str, torch.Tensor] = field(default_factory=dict)
+    calls: dict[str, int] = field(default_factory=dict)
+    refs: dict[str, "weakref.ref[torch.Tensor]"] = field(default_factory=dict)
+    reduce: Callable[[str, torch.Tensor], torch.Tensor] | None = None
+
+    def is_same(self, name: str, tensor: torch.Tensor) -> bool:
+        """Whether module ``name``'s (last) output tensor *is* ``tensor`` (e.g. a last
+        Linear layer whose output the model returns as its logits)."""
+        ref = self.refs.get(name)
+        return ref is not None and ref() is tensor
+
+
+@contextmanager
+def tap_outputs(model: nn.Module, names: Sequence[str],
+                reduce: Callable[[str, torch.Tensor], torch.Tensor] | None = None) -> Iterator[Taps]:
+    """Within the block each forward pass stores, per module name, ``out.clone()`` (or
+    ``reduce(name, out)`` when given, e.g. a per-sample norm, so no feature map is
+    kept) in ``taps.outputs`` — the module's own output, taken before any in-place op
+    downstream modifies it; a module called several times keeps its last call.
+    Hooks are removed on exit, whatever happens."""
+    taps = Taps(reduce=reduce)
+    handles = []
+
+    def make_hook(name: str):
+        def hook(_module, _inputs, output):
+            out = output[0] if isinstance(output, (tuple, list)) else output
+            taps.calls[name] = taps.calls.get(name, 0) + 1
+            taps.refs[name] = weakref.ref(out)
+            taps.outputs[name] = reduce(name, out) if reduce is not None else out.clone()
+
+        return hook
+
+    try:
+        for name, module in resolve_layers(model, names).items():
+            handles.append(module.register_forward_hook(make_hook(name)))
+        yield taps
+    finally:
+        for h in handles:
+            h.remove()
+
+
+class _StopForward(Exception):
+    """Raised by a hook to end a forward pass once the wanted output exists."""
+
+
+def truncated(model: nn.Module, name: str, *, stop: bool = True) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``f(x)`` = the output of module ``name`` when ``model`` runs on ``x`` (a clone,
+    differentiable). With ``stop`` the forward pass ends right after the module (set
+    ``stop=False`` for a module called more than once per forward: then the last
+    call's output is returned, after a full pass). ``name == ""`` is the model output."""
+    if name == "":
+        return model
+    module = resolve_layers(model, [name])[name]
+
+    def f(x: torch.Tensor) -> torch.Tensor:
+        box: list[torch.Tensor] = []
+
+        def hook(_module, _inputs, output):
+            out = output[0] if isinstance(output, (tuple, list)) else output
+            box[:] = [out.clone()]
+            if stop:
+                raise _StopForward
+
+        handle = module.register_forward_hook(hook)
+        try:
+            model(x)
+        except _StopForward:
+            pass
+        finally:
+            handle.remove()
+        if not box:
+            raise ProbeError(f"layer {name!r} produced no output in the forward pass: choose another layer")
+        return box[0]
+
+    return f
+
+
+@dataclass
+class PowerResult:
+    """Per-sample results of the iteration on ``A = J^T J``.
+
+    sigma: the estimate of the top singular value of ``J`` — the square root of the
+        largest Ritz value, i.e. ``||J v||`` for the unit vector ``v`` below: a lower
+        bound of sigma_max(J) that converges to it (B,).
+    sigma_prev: the same estimate from one product fewer (B,), to judge convergence.
+    v: the unit vector attaining ``sigma`` (top right-singular vector estimate), shape of x.
+    """
+
+    sigma: torch.Tensor
+    sigma_prev: torch.Tensor
+    v: torch.Tensor
+
+
+def _orthogonalize(z: torch.Tensor, basis: torch.Tensor) -> torch.Tensor:
+    """Remove from each z (B, d) its components along basis (B, j, d), twice (CGS2)."""
+    for _ in range(2):
+        coef = torch.einsum("bjd,bd->bj", basis, z)
+        z = z - torch.einsum("bj,bjd->bd", coef, basis)
+    return z
+
+
+def top_singular_value(x: torch.Tensor, h: torch.Tensor, v0: torch.Tensor, iters: int) -> PowerResult:
+    """Top singular value of ``J = dh/dx`` per sample from ``iters`` products
+    ``A q = J^T (J q)`` (one JVP and one VJP each), started at ``v0`` (shape of x).
+
+    This is power iteration with its Krylov subspace kept: the vectors
+    ``v0, A v0, ..., A^(iters-1) v0`` are orthonormalized (Lanczos with full
+    reorthogonalization) and the estimate is the best one in their span
+    (Rayleigh-Ritz: the top eigenvalue of ``Q^T A Q``). The plain power iterate lies in
+    that span, so for the same products the estimate is never worse than power
+    iteration's, and it is exact once ``iters`` reaches the rank of ``J`` (e.g. the
+    number of classes for logits). Like any Rayleigh quotient it never exceeds the
+    true value. When the subspace is exhausted the remaining vectors are zero.
+
+    ``h`` must have been computed from ``x`` (``x.requires_grad``) with the graph kept;
+    the graph is reused (``retain_graph``) and no parameter gets a gradient. Call
+    under ``torch.enable_grad()``. Memory: two ``(B, iters, d)`` tensors.
+    """
+    b = x.shape[0]
+    if not h.requires_grad:  # h does not depend on x: J = 0
+        zero = torch.zeros(b, dtype=x.dtype, device=x.device)
+        return PowerResult(zero, zero, _unit(v0))
+    u = torch.zeros_like(h, requires_grad=True)
+    (g,) = torch.autograd.grad(h, x, u, create_graph=True)  # g = J^T u, linear in u
+
+    def ata(q: torch.Tensor) -> torch.Tensor:  # J^T J q, per sample
+        if not g.requires_grad:  # J^T u does not depend on u: J = 0
+            return torch.zeros_like(q)
+        (jq,) = torch.autograd.grad(g, u, q.view_as(x), retain_graph=True)  # J q (double backward)
+        (jtjq,) = torch.autograd.grad(h, x, jq, retain_graph=True)  # J^T (J q)
+        return jtjq.flatten(1)
+
+    k = max(int(iters), 1)
+    d = x[0].numel()
+    basis = x.new_zeros(b, k, d)
+    images = x.new_zeros(b, k, d)
+    q = _unit(v0.detach().flatten(1))
+    for j in range(k):
+        basis[:, j] = q
+        z = ata(q)
+        images[:, j] = z
+        if j == k - 1:
+            break
+        z = _orthogonalize(z, basis[:, : j + 1])
+        beta = z.norm(dim=1, keepdim=True)
+        alive = beta > 1e-5 * images[:, j].norm(dim=1, keepdim=True)  # else: subspace exhausted
+        q = torch.where(alive, z / beta.clamp_min(1e-30), torch.zeros_like(z))
+    gram = torch.einsum("bid,bjd->bij", basis.double(), images.double())
+    gram = (gram + gram.transpose(1, 2)) / 2  # Q^T A Q
+    evals, evecs = torch.linalg.eigh(gram)
+    top = evals[:, -1].clamp_min(0)
+    prev = torch.linalg.eigvalsh(gram[:, :-1, :-1])[:, -1].clamp_min(0) if k > 1 else top
+    v = torch.einsum("bj,bjd->bd", evecs[:, :, -1].to(x.dtype), basis)
+    return PowerResult(top.sqrt().to(x.dtype), prev.sqrt().to(x.dtype), _unit(v).view_as(x).detach())
+
+
+def directional_derivative_norms(model: nn.Module, x: torch.Tensor, v: torch.Tensor,
+                                 names: Sequence[str]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Per-sample ``||J v||`` for the model output and for every module in ``names``
+    (``J`` the Jacobian of that output at ``x``), from ONE forward-mode pass
+    (``torch.autograd.forward_ad``); returns ``(norm_out (B,), {name: (B,)})``."""
+
+    def tangent_norm(_name: str, out: torch.Tensor) -> torch.Tensor:
+        t = fwAD.unpack_dual(out).tangent
+        return torch.zeros(out.shape[0], dtype=out.dtype, device=out.device) if t is None else flat_norm(t)
+
+    with fwAD.dual_level(), tap_outputs(model, names, reduce=tangent_norm) as taps:
+        out = model(fwAD.make_dual(x, v))
+        out = out[0] if isinstance(out, (tuple, list)) else out
+        norm_out = tangent_norm("", out)
+    return norm_out, dict(taps.outputs)

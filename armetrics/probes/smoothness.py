@@ -1,0 +1,354 @@
+"""``smoothness``: how much each layer's features change per unit change of the input.
+
+For a layer output ``h`` (flattened per sample), an input ``x`` (B samples of
+dimension d) and a perturbation ``delta``, the *ratio* is
+
+    r(x, delta) = ||h(x + delta) - h(x)||_2 / ||delta||_2      (feature units per input unit)
+
+measured along three kinds of directions, per sample, then averaged over samples:
+
+- ``ratio_random``: ``delta = radius * g/||g||``, g ~ N(0, I_d) isotropic, averaged
+  over ``directions`` draws (radius 0: the derivative ``||J g||/||g||`` instead);
+- ``ratio_worst``: the top singular value ``sigma_max(J)`` of the layer's Jacobian
+  ``J = dh/dx`` at x, by power iteration on ``J^T J`` with its Krylov space kept
+  (:func:`armetrics.jacobian.top_singular_value`: ``||J v||`` for the best unit v of
+  that space, a lower bound that converges to sigma_max);
+- ``ratio_pgd``: r at the end of L2 PGD over ``||delta|| <= radius`` maximizing
+  ``||h(x+delta) - h(x)||^2``, started at ``radius * v``.
+
+Derived: ``anisotropy = ratio_worst / ratio_random`` of the row (a ratio of the two
+sample means, free of the upward bias a per-sample ratio of noisy random-direction
+estimates would have; 1 for a map that stretches every direction alike, for a linear
+map ~ sqrt(d / stable rank)), and ``rel_ratio_* = ratio_* / (||h(x)|| / ||x||)`` per
+sample, then averaged (scale-free, so models whose features have different magnitudes
+compare). Layer rows: every ``Conv2d``/``Linear`` module (or the modules matching the
+``modules`` globs) in ``named_modules()`` order, then one row named ``logits`` for the
+model output. Summary ``*_median`` values are medians over the
+module rows (the logits row excluded unless it is the only row) of the per-row means;
+``logit_*`` values are the logits row. 95% confidence intervals (``*_ci_low``,
+``*_ci_high``) come from a seeded percentile bootstrap over samples.
+
+State: per sample and row a few floats (N x L, never features), concatenated on
+merge and ordered by sample index, so merged shards equal one run.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import math
+from typing import Annotated, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..attacks import pgd
+from ..errors import ConfigError, ProbeError
+from ..jacobian import directional_derivative_norms, flat_norm, tap_outputs, top_singular_value, truncated
+from ..probe import Batch, Context, Probe, ProbeResult
+from ..registry import register_probe
+from ..stats import Histogram
+
+LOGITS = "logits"
+DEFAULT_TYPES = (nn.Conv2d, nn.Linear)
+#: quantities stored per sample and row (N x L each)
+PER_ROW = ("ratio_random", "ratio_worst", "ratio_worst_prev", "ratio_pgd", "h_norm")
+
+
+def seeded_generator(seed: int, stream: str) -> torch.Generator:
+    """A CPU generator seeded by (run seed, stream name)."""
+    digest = hashlib.sha256(f"{seed}:{stream}".encode()).digest()
+    return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") & ((1 << 63) - 1))
+
+
+def default_radius(d: int) -> float:
+    """``(8/255) * sqrt(d)``: the L2 norm of a Linf-8/255 sign perturbation (a vertex of
+    the Linf ball, where Linf PGD ends), i.e. an RMS change of 8/255 per input value."""
+    return 8.0 / 255.0 * math.sqrt(d)
+
+
+def bootstrap_counts(n: int, resamples: int, generator: torch.Generator) -> torch.Tensor:
+    """(resamples, n) float64 multiplicities of a nonparametric bootstrap: row r counts
+    how often each sample was drawn in resample r (each row sums to n)."""
+    idx = torch.randint(n, (resamples, n), generator=generator)
+    counts = torch.zeros(resamples, n, dtype=torch.float64)
+    return counts.scatter_add_(1, idx, torch.ones(resamples, n, dtype=torch.float64))
+
+
+def _ci(stats: torch.Tensor, level: float = 0.95) -> tuple[torch.Tensor, torch.Tensor]:
+    """Percentile interval of bootstrap statistics ``stats`` (R, ...) along dim 0."""
+    q = torch.tensor([(1 - level) / 2, (1 + level) / 2], dtype=stats.dtype)
+    lo_hi = torch.quantile(stats, q, dim=0)
+    return lo_hi[0], lo_hi[1]
+
+
+def _median(values: torch.Tensor, dim: int = -1) -> torch.Tensor:
+    """Median as numpy (mean of the two middle values for an even count)."""
+    return torch.quantile(values, 0.5, dim=dim)
+
+
+def _deviation_loss(target: torch.Tensor):
+    """PGD objective: sum over the batch of ``||h(x + delta) - h(x)||^2``."""
+
+    def loss(out: torch.Tensor, _y) -> torch.Tensor:
+        return (out.flatten(1) - target).pow(2).sum()
+
+    return loss
+
+
+def _as_logits(out) -> torch.Tensor:
+    return out[0] if isinstance(out, (tuple, list)) else out
+
+
+@register_probe("smoothness")
+class Smoothness(Probe):
+    """Feature change per unit input change, per layer: random, worst-case (Jacobian) and PGD directions.
+
+    Per layer row: ``ratio_random``, ``ratio_worst``, ``ratio_pgd``, ``anisotropy``,
+    ``rel_ratio_random``, ``rel_ratio_worst``, ``rel_ratio_pgd`` (sample means) with
+    ``*_ci_low/high``, ``power_rel_change`` (mean relative change of the worst-direction
+    estimate over its last product: small = converged), ``type``, ``dim``.
+    Summary: ``ratio_random_median``, ``ratio_worst_median``, ``ratio_pgd_median``,
+    ``anisotropy_median``, ``rel_ratio_*_median``, ``logit_ratio_random``,
+    ``logit_ratio_worst``, ``logit_ratio_pgd``, ``logit_anisotropy``, CIs, ``n``,
+    ``radius``. See the module docstring for the definitions.
+    """
+
+    def __init__(
+        self,
+        *,
+        layers: Annotated[str | None, "comma list of module-name globs (default: every Conv2d/Linear); a 'logits' row is always added"] = None,
+        radius: Annotated[float | None, "L2 norm of the input perturbation (default (8/255)*sqrt(d)); 0: derivatives, no ratio_pgd"] = None,
+        directions: Annotated[int, "random directions per sample (0: no ratio_random)"] = 4,
+        iters: Annotated[int, "J^T J products (Krylov power iteration) for ratio_worst (0: no ratio_worst)"] = 10,
+        pgd_steps: Annotated[int, "L2 PGD steps for ratio_pgd (0: none)"] = 10,
+        max_samples: Annotated[int | None, "measure the first N samples of the run only (none: all)"] = 256,
+        bootstrap: Annotated[int, "bootstrap resamples for 95% confidence intervals (0: none)"] = 1000,
+    ):
+        super().__init__()
+        if isinstance(layers, (list, tuple)):
+            layers = ",".join(layers)
+        for name, value in (("directions", directions), ("iters", iters), ("pgd_steps", pgd_steps), ("bootstrap", bootstrap)):
+            if value < 0:
+                raise ConfigError(f"smoothness.{name} must be >= 0, got {value}: pass e.g. --set smoothness.{name}=10")
+        if radius is not None and not (radius >= 0 and math.isfinite(radius)):
+            raise ConfigError(f"smoothness.radius must be a finite number >= 0, got {radius}: e.g. --set smoothness.radius=0.5")
+        if max_samples is not None and max_samples < 1:
+            raise ConfigError(f"smoothness.max_samples must be >= 1 or none, got {max_samples}")
+        self.layers = layers
+        self.radius = radius
+        self.directions = directions
+        self.iters = iters
+        self.pgd_steps = pgd_steps
+        self.max_samples = max_samples
+        self.bootstrap = bootstrap
+        self.add_state("chunks", [], reduce="cat")
+        self._names: list[str] = []
+        self._types: dict[str, str] = {}
+        self._logits_row = LOGITS
+
+    # ----- setup ---------------------------------------------------------------
+    def setup(self, ctx: Context) -> None:
+        super().setup(ctx)
+        modules = [(n, m) for n, m in ctx.model.named_modules() if n]
+        if self.layers is None:
+            names = [n for n, m in modules if isinstance(m, DEFAULT_TYPES)]
+        else:
+            globs = [g.strip() for g in self.layers.split(",") if g.strip()]
+            unmatched = [g for g in globs if g != LOGITS and not any(fnmatch.fnmatchcase(n, g) for n, _ in modules)]
+            if unmatched:
+                known = ", ".join(n for n, _ in modules[:12])
+                raise ConfigError(f"smoothness.layers: {', '.join(unmatched)} match no module: use names from "
+                                  f"model.named_modules(), e.g. {known}")
+            names = [n for n, _ in modules if any(fnmatch.fnmatchcase(n, g) for g in globs)]
+        self._names = names
+        self._types = {n: type(m).__name__ for n, m in modules if n in set(names)}
+        self._logits_row = LOGITS if LOGITS not in names else "logits (output)"
+
+    @property
+    def rows(self) -> list[str]:
+        """Row names in report order: module rows, then the logits row."""
+        return self._names + [self._logits_row]
+
+    def radius_for(self, d: int) -> float:
+        """The L2 radius used for inputs of dimension ``d``."""
+        return default_radius(d) if self.radius is None else float(self.radius)
+
+    # ----- per batch -----------------------------------------------------------
+    def update(self, batch: Batch) -> None:
+        pos = torch.arange(batch.x.shape[0])
+        if self.max_samples is not None:
+            pos = pos[batch.offset + pos < self.max_samples]
+        if pos.numel() == 0:
+            return
+        x = batch.x[pos.to(batch.x.device)].detach()
+        model, names, rows = batch.model, self._names, self.rows
+        n, d, L = x.shape[0], x[0].numel(), len(rows)
+        radius = self.radius_for(d)
+        nan = torch.full((n, L), math.nan, dtype=torch.float64)
+        out = {k: nan.clone() for k in PER_ROW}
+
+        # 1. h(x) for every row, with the graph when the Jacobian is needed
+        need_grad = self.iters > 0
+        xg = x.clone().requires_grad_(need_grad)
+        with torch.set_grad_enabled(need_grad), tap_outputs(model, names) as taps:
+            logits = _as_logits(model(xg))
+        missing = [nm for nm in names if nm not in taps.outputs]
+        if missing:
+            raise ProbeError(f"smoothness: layers {', '.join(missing)} produced no output in the forward pass: "
+                             f"choose other modules with --set smoothness.layers=...")
+        h = {**taps.outputs, self._logits_row: logits}
+        calls = dict(taps.calls)
+        h0 = {k: v.detach().flatten(1) for k, v in h.items()}
+        # a module whose output IS the model output (a final Linear) shares the logits row's numbers
+        alias = {nm: self._logits_row for nm in names if taps.is_same(nm, logits)}
+        work = [r for r in rows if r not in alias]
+        col = {r: j for j, r in enumerate(rows)}
+        out["h_norm"] = torch.stack([flat_norm(h0[r]) for r in rows], 1).double().cpu()
+
+        # 2. random directions: all rows share each perturbed forward pass
+        if self.directions > 0:
+            shape = (self.directions,) + tuple(x.shape[1:])
+            g = torch.stack([torch.randn(shape, generator=gen, device=x.device, dtype=x.dtype)
+                             for gen in batch.sample_rngs("smoothness/random", pos.tolist())])
+            g = g / g.flatten(2).norm(dim=2).view(n, self.directions, *([1] * (x.ndim - 1)))
+            acc = torch.zeros(n, L, dtype=torch.float64, device=x.device)
+            for k in range(self.directions):
+                per_row = self._random_pass(model, x, g[:, k], radius, h0, names)
+                acc += torch.stack([per_row[r] for r in rows], 1).double()
+            out["ratio_random"] = (acc / self.directions).cpu()
+
+        # 3. worst direction: power iteration on J^T J per row, one shared forward graph
+        v_top: dict[str, torch.Tensor] = {}
+        if self.iters > 0:
+            v0 = torch.stack([torch.randn(x.shape[1:], generator=gen, device=x.device, dtype=x.dtype)
+                              for gen in batch.sample_rngs("smoothness/power", pos.tolist())])
+            with torch.enable_grad():
+                for r in work:
+                    try:
+                        res = top_singular_value(xg, h[r], v0, self.iters)
+                    except (RuntimeError, NotImplementedError) as exc:
+                        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+                        raise ProbeError(f"smoothness: the Jacobian of {r!r} needs double backward, which this model "
+                                         f"does not support ({first}): use --set smoothness.iters=0") from None
+                    out["ratio_worst"][:, col[r]] = res.sigma.double().cpu()
+                    out["ratio_worst_prev"][:, col[r]] = res.sigma_prev.double().cpu()
+                    v_top[r] = res.v
+        del h, xg, logits, taps
+
+        # 4. PGD in the L2 ball of radius, maximizing ||h(x+delta) - h(x)||, one run per row
+        if self.pgd_steps > 0 and radius > 0:
+            gens = batch.sample_rngs("smoothness/pgd", pos.tolist())
+            for r in work:
+                name = "" if r == self._logits_row else r
+                f = truncated(model, name, stop=calls.get(name, 1) == 1)
+                target = h0[r]
+                loss = _deviation_loss(target)
+                init = radius * v_top[r] if r in v_top else None
+                xa = pgd(lambda z: _as_logits(f(z)), x, None, radius, norm="L2", steps=self.pgd_steps,
+                         loss_fn=loss, clamp=None, generator=gens, init=init)
+                with torch.no_grad():
+                    ha = _as_logits(f(xa)).flatten(1)
+                out["ratio_pgd"][:, col[r]] = (flat_norm(ha - target) / flat_norm(xa - x)).double().cpu()
+
+        for nm, src in alias.items():
+            for k in ("ratio_worst", "ratio_worst_prev", "ratio_pgd"):
+                out[k][:, col[nm]] = out[k][:, col[src]]
+        meta = {"d": d, "dims": [int(h0[r].shape[1]) for r in rows]}
+        self.chunks = self.chunks + [{"index": (batch.offset + pos).long().cpu(),
+                                      "x_norm": flat_norm(x).double().cpu(), **out, "meta": meta}]
+
+    def _random_pass(self, model: nn.Module, x: torch.Tensor, u: torch.Tensor, radius: float,
+                     h0: dict[str, torch.Tensor], names: list[str]) -> dict[str, torch.Tensor]:
+        """Per-sample ratio along unit directions ``u`` for every row from ONE forward
+        pass: finite differences at ``radius`` (> 0) or the derivative (radius 0)."""
+        if radius == 0:
+            try:
+                with torch.no_grad():
+                    norm_out, norms = directional_derivative_norms(model, x, u, names)
+            except (RuntimeError, NotImplementedError) as exc:
+                first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+                raise ProbeError(f"smoothness: radius=0 needs forward-mode AD, which this model does not support "
+                                 f"({first}): use a radius > 0") from None
+            return {**norms, self._logits_row: norm_out}
+
+        def deviation(name: str, o: torch.Tensor) -> torch.Tensor:
+            o = o.flatten(1)
+            ref = h0[name]
+            if o.shape != ref.shape:  # an earlier call of a module called several times
+                return torch.full((o.shape[0],), math.nan, dtype=o.dtype, device=o.device)
+            return flat_norm(o - ref)
+
+        with torch.no_grad(), tap_outputs(model, names, reduce=deviation) as taps:
+            o = _as_logits(model(x + radius * u))
+        res = {nm: taps.outputs[nm] / radius for nm in names}
+        res[self._logits_row] = flat_norm(o.flatten(1) - h0[self._logits_row]) / radius
+        return res
+
+    # ----- result --------------------------------------------------------------
+    def compute(self) -> ProbeResult:
+        rows = self.rows
+        if not self.chunks:
+            summary = {"n": 0, "radius": self.radius if self.radius is not None else math.nan}
+            return ProbeResult(summary=summary, layers=[{"name": r} for r in rows])
+        meta = self.chunks[0]["meta"]
+        data = {k: torch.cat([c[k] for c in self.chunks]) for k in self.chunks[0] if k != "meta"}
+        order = torch.argsort(data["index"])
+        data = {k: v[order] for k, v in data.items()}
+        n = int(order.numel())
+        xn = data["x_norm"][:, None]
+        scale = data["h_norm"] / xn  # ||h(x)|| / ||x||
+        per_sample = {
+            "ratio_random": data["ratio_random"],
+            "ratio_worst": data["ratio_worst"],
+            "ratio_pgd": data["ratio_pgd"],
+            "rel_ratio_random": data["ratio_random"] / scale,
+            "rel_ratio_worst": data["ratio_worst"] / scale,
+            "rel_ratio_pgd": data["ratio_pgd"] / scale,
+            "power_rel_change": (data["ratio_worst"] - data["ratio_worst_prev"]).abs() / data["ratio_worst"],
+        }
+        means = {k: v.mean(0) for k, v in per_sample.items()}  # (L,)
+        means["anisotropy"] = means["ratio_worst"] / means["ratio_random"]  # ratio of the row's means
+        module_cols = list(range(len(rows) - 1)) or [len(rows) - 1]
+        lc = len(rows) - 1
+
+        with_ci = ("ratio_random", "ratio_worst", "ratio_pgd", "anisotropy")
+        boot: dict[str, torch.Tensor] = {}
+        if self.bootstrap > 0:
+            gen = seeded_generator(self.ctx.seed if self.ctx is not None else 0, "smoothness/bootstrap")
+            w = bootstrap_counts(n, self.bootstrap, gen) / n  # (R, n): resampled means = w @ values
+            boot = {k: w @ per_sample[k] for k in with_ci if k in per_sample}  # (R, L)
+            boot["anisotropy"] = boot["ratio_worst"] / boot["ratio_random"]
+
+        layers = []
+        for j, r in enumerate(rows):
+            row = {"name": r, "type": "logits" if r == self._logits_row else self._types.get(r, ""),
+                   "dim": meta["dims"][j]}
+            for k, v in means.items():
+                row[k] = float(v[j])
+            for k in with_ci:
+                if k in boot:
+                    lo, hi = _ci(boot[k][:, j])
+                    row[f"{k}_ci_low"], row[f"{k}_ci_high"] = float(lo), float(hi)
+            layers.append(row)
+
+        summary: dict[str, float] = {"n": n, "radius": self.radius_for(meta["d"])}
+        for k in ("ratio_random", "ratio_worst", "ratio_pgd", "anisotropy", "rel_ratio_random", "rel_ratio_worst", "rel_ratio_pgd"):
+            summary[f"{k}_median"] = float(_median(means[k][module_cols]))
+        for k in ("ratio_random", "ratio_worst", "ratio_pgd", "anisotropy", "rel_ratio_random", "rel_ratio_worst"):
+            summary[f"logit_{k}"] = float(means[k][lc])
+        summary["power_rel_change_max"] = float(means["power_rel_change"].max())
+        for k in with_ci:
+            if k in boot:
+                lo, hi = _ci(_median(boot[k][:, module_cols], dim=1))
+                summary[f"{k}_median_ci_low"], summary[f"{k}_median_ci_high"] = float(lo), float(hi)
+                lo, hi = _ci(boot[k][:, lc])
+                summary[f"logit_{k}_ci_low"], summary[f"logit_{k}_ci_high"] = float(lo), float(hi)
+
+        dists = {}
+        for k in ("ratio_random", "ratio_worst"):
+            hist = Histogram(np.geomspace(1e-4, 1e4, 81))
+            hist.update(per_sample[k][:, lc])
+            dists[f"logit_{k}"] = hist.to_dict()
+        return ProbeResult(summary=summary, layers=layers, distributions=dists)
