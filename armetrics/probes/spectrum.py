@@ -1,0 +1,262 @@
+"""``spectrum``: per-layer singular value distributions of Conv2d/Linear layers."""
+
+from __future__ import annotations
+
+import fnmatch
+import math
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..errors import ArmetricsError, ConfigError, ProbeError
+from ..linalg import LINEAR_TYPES, TracedLayer, singular_values, trace_layers
+from ..probe import Probe, ProbeResult
+from ..registry import register_probe
+from ..stats import Histogram
+
+QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
+STAT_KEYS = ("sigma_max", "sigma_min", "mean", "std", "cv", "condition_number", "stable_rank", "effective_rank",
+             *(f"q{round(q * 100):02d}" for q in QUANTILES))
+DEFAULT_INPUT = (3, 32, 32)
+
+
+def spectrum_stats(sigma: np.ndarray, complete: bool = True) -> dict[str, float]:
+    """Statistics of one layer's singular values ``sigma`` (1-D, >= 0, any order).
+
+    sigma_max, sigma_min: largest / smallest value; mean, std: their mean and population
+    standard deviation (ddof = 0); cv = std / mean; condition_number =
+    sigma_max / sigma_min (inf when sigma_min = 0); stable_rank = sum sigma^2 /
+    sigma_max^2; effective_rank = exp(-sum p_i log p_i) with p = sigma / sum sigma
+    (0 log 0 = 0); qNN: the NN-th percentile (linear interpolation). With
+    ``complete=False`` (only the top values are known) sigma_min and
+    condition_number are None and the rest describe the known values only.
+    """
+    s = np.asarray(sigma, dtype=np.float64)
+    smax, smin = float(s.max()), float(s.min())
+    mean, std = float(s.mean()), float(s.std())
+    total = float(s.sum())
+    p = s[s > 0] / total if total > 0 else np.ones(1)
+    out = {
+        "sigma_max": smax,
+        "sigma_min": smin if complete else None,
+        "mean": mean,
+        "std": std,
+        "cv": std / mean if mean > 0 else math.nan,
+        "condition_number": (smax / smin if smin > 0 else math.inf) if complete else None,
+        "stable_rank": float((s**2).sum() / smax**2) if smax > 0 else math.nan,
+        "effective_rank": float(np.exp(-(p * np.log(p)).sum())) if total > 0 else math.nan,
+    }
+    for q, v in zip(QUANTILES, np.quantile(s, QUANTILES)):
+        out[f"q{round(q * 100):02d}"] = float(v)
+    return out
+
+
+def _finite(values) -> list[float]:
+    return [float(v) for v in values if v is not None and math.isfinite(v)]
+
+
+def summarize(rows: list[dict[str, Any]]) -> dict[str, float]:
+    """Model-level summary of the layer rows: cv_mean, std_mean (means over layers),
+    condition_number_median (median over layers; inf counts as the largest),
+    sigma_max_max, sigma_max_product (product of the layers' sigma_max, the Lipschitz
+    bound of the linear layers in series), log_sigma_max_sum (its natural log).
+    Layers without statistics (non-finite weights) are left out and counted in
+    ``nonfinite_layers``."""
+    ok = [r for r in rows if r.get("sigma_max") is not None]
+    smax = [r["sigma_max"] for r in ok]
+    cond = [r["condition_number"] for r in ok if r.get("condition_number") is not None]
+    cv, std = _finite(r["cv"] for r in ok), _finite(r["std"] for r in ok)
+    log_sum = math.fsum(math.log(v) if v > 0 else -math.inf for v in smax) if smax else math.nan
+    return {
+        "cv_mean": float(np.mean(cv)) if cv else math.nan,
+        "std_mean": float(np.mean(std)) if std else math.nan,
+        "condition_number_median": float(np.median(cond)) if cond else math.nan,
+        "sigma_max_max": max(smax) if smax else math.nan,
+        "sigma_max_product": math.prod(smax) if smax else math.nan,
+        "log_sigma_max_sum": log_sum,
+        "num_layers": len(rows),
+        "nonfinite_layers": sum(1 for r in rows if r.get("nonfinite")),
+    }
+
+
+@register_probe("spectrum")
+class Spectrum(Probe):
+    """Per-layer singular value distributions of Conv2d/Linear weights (conv+BN folded).
+
+    Per layer (forward order): ``sigma_max``, ``sigma_min``, ``mean``, ``std``, ``cv`` =
+    std/mean, ``condition_number`` = sigma_max/sigma_min, ``stable_rank`` =
+    sum sigma^2/sigma_max^2, ``effective_rank`` = exp(entropy of sigma/sum sigma),
+    ``count``, quantiles ``q05..q95``, ``folded_bn`` (the BatchNorm folded in, or None),
+    a histogram of the values on [0, sigma_max] in ``distributions[layer]``. The
+    values are dimensionless gains (output change per unit input change) of the
+    layer's linear map, as chosen by ``method`` (see ``armetrics.linalg``).
+    Summary: ``cv_mean``, ``std_mean``, ``condition_number_median``,
+    ``sigma_max_max``, ``sigma_max_product``, ``log_sigma_max_sum``.
+    """
+
+    needs_data = False
+
+    def __init__(
+        self,
+        *,
+        method: Annotated[Literal["reshape", "fft", "power"],
+                          "reshape: kernel as C_out x C_in*k*k matrix; fft: exact circular stride-1 conv operator; "
+                          "power: top-k of the true (strided, zero-padded) operator"] = "reshape",
+        fold_bn: Annotated[bool, "fold an eval-mode BatchNorm that directly follows a layer into it"] = True,
+        layers: Annotated[list[str] | None, "comma list of layer name globs (default: every Conv2d/Linear)"] = None,
+        bins: Annotated[int, "histogram bins per layer, on [0, sigma_max]"] = 50,
+        save_values: Annotated[bool, "write all singular values to <report>.spectrum.npz"] = False,
+        input_size: Annotated[tuple[int, ...] | None, "C,H,W of one input for the forward trace and fft/power "
+                                                      "(default: the data's, else 3,32,32)"] = None,
+        k: Annotated[int, "number of top singular values computed by method=power"] = 6,
+        dtype: Annotated[Literal["float64", "float32"], "working precision of reshape/fft (float32: ~3x faster fft, "
+                                                         "relative error up to ~1e-3 on the smallest values)"] = "float64",
+    ):
+        super().__init__()
+        self.method = method
+        self.fold_bn = fold_bn
+        self.layers = list(layers) if layers else None
+        self.bins = bins
+        self.save_values = save_values
+        self.input_size = tuple(input_size) if input_size else None
+        self.k = k
+        self.dtype = dtype
+        if bins < 1:
+            raise ConfigError(f"spectrum.bins must be at least 1, got {bins}")
+        if k < 1:
+            raise ConfigError(f"spectrum.k must be at least 1, got {k}")
+        if self.input_size is not None and len(self.input_size) != 3:
+            raise ConfigError(f"spectrum.input_size must be C,H,W (e.g. 3,32,32), got {self.input_size}")
+
+    # ------------------------------------------------------------------ layer selection
+    def _select(self, model: nn.Module) -> list[tuple[str, nn.Module]]:
+        candidates = [(n, m) for n, m in model.named_modules() if isinstance(m, LINEAR_TYPES)]
+        if not self.layers:
+            return candidates
+        chosen = []
+        for pattern in self.layers:
+            hits = [n for n, _ in candidates if fnmatch.fnmatchcase(n, pattern)]
+            if not hits:
+                examples = ", ".join(n for n, _ in candidates[:8]) or "none"
+                raise ConfigError(f"spectrum.layers pattern {pattern!r} matches no Conv2d/Linear layer: "
+                                  f"use names from model.named_modules(), e.g. {examples}")
+            chosen.extend(hits)
+        chosen_set = set(chosen)
+        return [(n, m) for n, m in candidates if n in chosen_set]
+
+    def _trace(self, model: nn.Module, input_shape: tuple[int, ...], details: dict) -> dict[str, TracedLayer]:
+        try:
+            return {t.name: t for t in trace_layers(model, input_shape)}
+        except ArmetricsError:
+            raise
+        except Exception as exc:  # the model's own forward failed on the dummy input
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+            if self.method != "reshape":
+                raise ProbeError(
+                    f"spectrum could not trace the model on an input of shape {input_shape} ({first}): "
+                    f"set the model's input size with --set spectrum.input_size=C,H,W"
+                ) from None
+            details["trace_error"] = (f"forward trace on {input_shape} failed ({first}): layers in module order, "
+                                      f"no BatchNorm folded (set spectrum.input_size=C,H,W)")
+            return {}
+
+    # ------------------------------------------------------------------ compute
+    def compute(self) -> ProbeResult:
+        model = self.ctx.model
+        input_shape = self.input_size or (tuple(self.ctx.input_shape) if self.ctx.input_shape else DEFAULT_INPUT)
+        details: dict[str, Any] = {"method": self.method, "input_shape": list(input_shape)}
+        selected = self._select(model)
+        if not selected:
+            return ProbeResult(summary=summarize([]), details={**details, "note": "the model has no Conv2d/Linear layer"})
+        traced = self._trace(model, input_shape, details)
+        modules = dict(selected)
+        order = [n for n in traced if n in modules]
+        order += [n for n in modules if n not in traced]  # never reached by the forward pass: last
+
+        rows, dists, saved = [], {}, {}
+        for name in order:
+            row, sigma = self._layer(name, modules[name], traced.get(name))
+            rows.append(row)
+            if sigma is not None:
+                hi = row["sigma_max"] if row["sigma_max"] > 0 else 1.0
+                hist = Histogram.linear(0.0, hi, self.bins)
+                hist.update(sigma)
+                dists[name] = hist.to_dict()
+                saved[name] = sigma
+        if self.save_values:
+            details["values_path"] = self._save(saved, details)
+        return ProbeResult(summary=summarize(rows), layers=rows, distributions=dists, details=details)
+
+    def _layer(self, name: str, module: nn.Module, trace: TracedLayer | None) -> tuple[dict[str, Any], np.ndarray | None]:
+        row: dict[str, Any] = {"name": name, "type": type(module).__name__, "weight_shape": list(module.weight.shape)}
+        if isinstance(module, nn.Conv2d):
+            row.update(stride=list(module.stride), padding=module.padding if isinstance(module.padding, str) else list(module.padding),
+                       dilation=list(module.dilation), groups=module.groups)
+        row["input_shape"] = list(trace.input_shape) if trace else None
+        bn = trace.bn if (trace is not None and self.fold_bn) else None
+        row["folded_bn"] = trace.bn_name if bn is not None else None
+        row["complete"] = self.method != "power"
+        empty = {key: None for key in STAT_KEYS}
+        weight = module.weight.detach()
+        if not torch.isfinite(weight).all():
+            row.update(empty, count=0, nonfinite=True)
+            return row, None
+        if self.method != "reshape" and isinstance(module, nn.Conv2d) and trace is None:
+            row.update(empty, count=0, error="not reached by the forward pass: input shape unknown")
+            return row, None
+        t = time.perf_counter()
+        try:
+            sigma = singular_values(module, trace.input_shape if trace else None, self.method, k=self.k, bn=bn,
+                                    dtype=getattr(torch, self.dtype))
+        except ProbeError:
+            row.update(empty, count=0, nonfinite=True)
+            return row, None
+        except (RuntimeError, torch.linalg.LinAlgError, ArithmeticError) as exc:
+            row.update(empty, count=0, error=(str(exc).splitlines() or [type(exc).__name__])[0][:200])
+            return row, None
+        sigma = sigma.detach().to("cpu", torch.float64).numpy()
+        complete = self.method != "power" or len(sigma) >= _full_count(module, trace)
+        row["complete"] = bool(complete)
+        row.update(spectrum_stats(sigma, complete=complete), count=int(sigma.size), nonfinite=False,
+                   seconds=time.perf_counter() - t)
+        return row, sigma
+
+    def _save(self, values: dict[str, np.ndarray], details: dict) -> str | None:
+        out = self.ctx.out_path
+        if not out:
+            details["values_note"] = "save_values needs the report's output path (-o/--out or analyze(out_path=...)): values not saved"
+            return None
+        path = values_path(out)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                np.savez(f, **values)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        return str(path)
+
+
+def values_path(report_path: str | Path) -> Path:
+    """Where ``save_values`` writes: the report path with suffix ``.spectrum.npz``
+    (``r.json`` -> ``r.spectrum.npz``); keys of the npz are layer names."""
+    return Path(report_path).with_suffix(".spectrum.npz")
+
+
+def _full_count(module: nn.Module, trace: TracedLayer | None) -> int:
+    """Number of singular values of the layer's true operator (for ``power``)."""
+    if isinstance(module, nn.Linear):
+        return min(module.weight.shape)
+    if trace is None:
+        return 1 << 62
+    n_in = math.prod(trace.input_shape)
+    n_out = math.prod(trace.output_shape) if trace.output_shape else n_in
+    return min(n_in, n_out)
