@@ -18,7 +18,7 @@ import click
 from . import __version__
 from .errors import ArmetricsError, ConfigError
 
-DEFAULT_PROBES = "accuracy"
+DEFAULT_PROBES = "accuracy,spectrum,margin,confidence,smoothness,robust_accuracy"
 
 
 def _floats(text: str | None, name: str) -> list[float] | None:

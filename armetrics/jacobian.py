@@ -26,6 +26,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Callable, Iterator, Sequence
 
+import math
+
 import torch
 import torch.autograd.forward_ad as fwAD
 from torch import nn
@@ -196,7 +198,10 @@ def top_singular_value(x: torch.Tensor, h: torch.Tensor, v0: torch.Tensor, iters
         q = torch.where(alive, z / beta.clamp_min(1e-30), torch.zeros_like(z))
     gram = torch.einsum("bid,bjd->bij", basis.double(), images.double())
     gram = (gram + gram.transpose(1, 2)) / 2  # Q^T A Q
+    bad = ~torch.isfinite(gram).all(dim=2).all(dim=1)  # non-finite weights or inputs: NaN, not a crash
+    gram = torch.where(bad[:, None, None], torch.zeros_like(gram), gram)
     evals, evecs = torch.linalg.eigh(gram)
+    evals = torch.where(bad[:, None], torch.full_like(evals, math.nan), evals)
     top = evals[:, -1].clamp_min(0)
     prev = torch.linalg.eigvalsh(gram[:, :-1, :-1])[:, -1].clamp_min(0) if k > 1 else top
     v = torch.einsum("bj,bjd->bd", evecs[:, :, -1].to(x.dtype), basis)

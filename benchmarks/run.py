@@ -27,6 +27,7 @@ import torch
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(ROOT / "examples"))
+sys.path.insert(0, str(HERE))
 
 BENCHES: dict[str, Callable[[argparse.Namespace], list[dict]]] = {}
 
@@ -177,6 +178,130 @@ def bench_scaling(args) -> list[dict]:
         params = sum(p.numel() for p in m.parameters())
         rows.append(row(f"model size: small_cnn width {width} ({params / 1e3:.0f}k params), N=1000", "", f"{t:.2f}s",
                         None, "context", True))
+    return rows
+
+
+# ------------------------------------------------------------------ spectrum
+def wrn(quick: bool):
+    """RobustBench's ``Standard`` WRN-28-10 with random weights (eval mode)."""
+    from armetrics._robustbench import architecture
+
+    torch.manual_seed(0)
+    return architecture("Standard").eval()
+
+
+@bench("spectrum_reshape")
+def bench_spectrum_reshape(args) -> list[dict]:
+    """Default spectrum (reshape, BN folded) vs WeightWatcher 0.7.7 analyze() on WRN-28-10."""
+    import armetrics as am
+
+    model = wrn(args.quick)
+    try:
+        import weightwatcher as ww
+    except ImportError:
+        return [row("spectrum reshape, WRN-28-10", "weightwatcher not installed (pip install weightwatcher==0.7.7)",
+                    "", None, "<= 0.25x", False, "baseline missing")]
+    import logging
+
+    logging.getLogger("weightwatcher").setLevel(logging.ERROR)
+
+    def ours():
+        am.analyze(model, None, ["spectrum"])
+
+    def baseline():
+        ww.WeightWatcher(model=model).analyze()
+
+    ours()
+    tb, to = interleaved(baseline, ours, 1 if args.quick else 2)
+    ratio = to / tb
+    return [row("spectrum default (reshape, BN folded), WRN-28-10", f"WeightWatcher 0.7.7 analyze() {tb:.1f}s",
+                f"{to:.2f}s", ratio, "<= 0.25x", ratio <= 0.25)]
+
+
+def _conv_layers(model, quick: bool):
+    """(module, input HxW) of every Conv2d with a kernel > 1x1 (1x1 convs need no FFT);
+    --quick keeps one conv per input size."""
+    from armetrics.linalg import trace_layers
+
+    traced = [t for t in trace_layers(model, (3, 32, 32)) if isinstance(t.module, torch.nn.Conv2d)
+              and t.module.kernel_size != (1, 1)]
+    layers = [(t.module, tuple(t.input_shape[-2:])) for t in traced]
+    if quick:
+        seen, out = set(), []
+        for m, hw in layers:
+            key = (hw, m.in_channels, m.out_channels)
+            if key not in seen:
+                seen.add(key)
+                out.append((m, hw))
+        layers = out
+    return layers
+
+
+@bench("spectrum_fft")
+def bench_spectrum_fft(args) -> list[dict]:
+    """fft singular values of every conv at its real input size vs (a) the bare batched
+    LAPACK calls on the same per-frequency matrices (prebuilt: the floor) and (b) a
+    per-frequency loop of numpy.linalg.svd over all H*W frequencies (np.fft.fft2)."""
+    from armetrics.linalg import _svdvals_blocks, conv_frequency_matrices, fft_singular_values, half_spectrum
+
+    layers = _conv_layers(wrn(args.quick), args.quick)
+    weights = [(m.weight.detach().double(), hw, m.dilation, m.groups) for m, hw in layers]
+
+    def ours():
+        for w, hw, dil, g in weights:
+            fft_singular_values(w, hw, dil, g)
+
+    prebuilt = []
+    for w, hw, dil, g in weights:
+        us, vs, _ = half_spectrum(*hw)
+        prebuilt.append(conv_frequency_matrices(w, hw, us, vs, dil, g))
+
+    def floor():
+        for a in prebuilt:
+            _svdvals_blocks(a)
+
+    def numpy_loop():
+        for w, hw, dil, g in weights:
+            k = w.numpy().transpose(2, 3, 1, 0)  # (kh, kw, C_in, C_out), as Sedghi et al.'s code
+            t = np.fft.fft2(k, hw, axes=(0, 1))
+            for u in range(hw[0]):
+                for v in range(hw[1]):
+                    np.linalg.svd(t[u, v], compute_uv=False)
+
+    ours()
+    t_floor, t_ours = interleaved(floor, ours, 1 if args.quick else 2)
+    t_np = best_of(numpy_loop, 1)
+    what = f"{len(layers)} convs of WRN-28-10" + (" (one per shape: --quick)" if args.quick else "")
+    return [
+        row(f"spectrum fft, {what}", f"batched LAPACK on prebuilt matrices {t_floor:.1f}s", f"{t_ours:.1f}s",
+            t_ours / t_floor, "<= 1.1x the floor", t_ours / t_floor <= 1.1),
+        row(f"spectrum fft vs per-frequency numpy loop, {what}", f"numpy.linalg.svd loop {t_np:.1f}s", f"{t_ours:.1f}s",
+            t_ours / t_np, ">= 5x faster (<= 0.2x)", t_ours / t_np <= 0.2),
+    ]
+
+
+# ------------------------------------------------------------------ smoothness, robust accuracy
+@bench("smoothness")
+def bench_smoothness(args) -> list[dict]:
+    """smoothness / robust_accuracy probes vs hand-written loops doing the same passes
+    (benchmarks/baselines.py), on the shipped eps=0 checkpoint."""
+    import armetrics as am
+    from baselines import hand_pgd, hand_smoothness
+
+    model = am.load_model(ROOT / "examples/checkpoints/small_cnn_eps0.pt", arch=f"{ROOT / 'examples/models.py'}:small_cnn")
+    n = 16 if args.quick else 64
+    data = am.load_data("cifar10-sample", n=n, batch_size=16)
+
+    def probe(name):
+        return lambda: am.analyze(model, data, [name], options={name: {"max_samples": n}} if name == "smoothness" else None)
+
+    hand_smoothness(model, data)
+    rows = []
+    for name, hand in (("smoothness", lambda: hand_smoothness(model, data)), ("robust_accuracy", lambda: hand_pgd(model, data))):
+        tb, to = interleaved(hand, probe(name), 2 if args.quick else 3)
+        goal = 1.2 if name == "smoothness" else 1.05
+        rows.append(row(f"{name} (defaults), {n} images, small_cnn", f"hand-written loop {tb:.2f}s", f"{to:.2f}s",
+                        to / tb, f"<= {goal}x", to / tb <= goal))
     return rows
 
 

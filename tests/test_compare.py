@@ -76,8 +76,10 @@ def npz(tmp_path_factory) -> Path:
 
 
 def probes_available() -> list[str]:
-    names = set(list_probes())
-    return [p for p in ("accuracy", "spectrum", "margin", "confidence", "smoothness", "robust_accuracy") if p in names]
+    """Every built-in probe (all must be registered: the test fails otherwise)."""
+    wanted = ["accuracy", "spectrum", "margin", "confidence", "smoothness", "robust_accuracy"]
+    assert set(wanted) <= set(list_probes())
+    return wanted
 
 
 def fast_options(probes):

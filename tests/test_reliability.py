@@ -92,11 +92,11 @@ def _no_images(tmp: Path) -> list[str]:
 
 
 def _corrupt_image(tmp: Path) -> list[str]:
-    d = tmp / "imgs" / "cat"
-    d.mkdir(parents=True)
-    Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(d / "a.png")
-    (d / "b.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated")
-    return [CKPT, "--arch", ARCH, "--data", str(tmp / "imgs")]
+    for c in ("cat", "dog"):
+        (tmp / "imgs" / c).mkdir(parents=True)
+        Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(tmp / "imgs" / c / "a.png")
+    (tmp / "imgs" / "cat" / "b.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated")
+    return [CKPT, "--arch", ARCH, "--data", str(tmp / "imgs"), "--probes", "accuracy"]
 
 
 def _labels_out_of_range(tmp: Path) -> list[str]:
