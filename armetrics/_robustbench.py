@@ -12,6 +12,7 @@ import importlib
 import importlib.abc
 import importlib.util
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -54,9 +55,11 @@ def import_robustbench():
     """Import and return the ``robustbench`` package, with one-line errors."""
     install_autoattack_alias()
     try:
-        import robustbench  # noqa: F401
-        import robustbench.utils  # noqa: F401
-        from robustbench.model_zoo import model_dicts  # noqa: F401
+        with warnings.catch_warnings():  # its pkg_resources / torch.jit deprecation notices
+            warnings.simplefilter("ignore")
+            import robustbench  # noqa: F401
+            import robustbench.utils  # noqa: F401
+            from robustbench.model_zoo import model_dicts  # noqa: F401
     except ImportError as exc:
         if "pkg_resources" in str(exc):
             raise LoadError(
