@@ -101,7 +101,7 @@ def main() -> None:
     ap.add_argument("--data", type=Path, default=Path(__file__).resolve().parents[2] / "shared/data/cifar10-jpeg")
     ap.add_argument("--workdir", type=Path, default=Path("/tmp/armetrics-cifar10"))
     ap.add_argument("--eps", type=float, default=0.0, help="Linf radius in 1/255 units (0 = standard training)")
-    ap.add_argument("--steps", type=int, default=3, help="PGD steps per training batch")
+    ap.add_argument("--steps", type=int, default=2, help="PGD steps per training batch")
     ap.add_argument("--epochs", type=int, default=5)
     ap.add_argument("--width", type=int, default=16)
     ap.add_argument("--batch-size", type=int, default=128)
