@@ -10,14 +10,6 @@ from torch import nn
 from armetrics.attacks import pgd, project, random_start
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 def linear_binary(d: int = 48, seed: int = 0) -> tuple[nn.Module, torch.Tensor]:
     """A 2-class linear classifier on 3x4x4 inputs; returns (model, w1 - w0)."""
     g = torch.Generator().manual_seed(seed)

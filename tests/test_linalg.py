@@ -14,8 +14,6 @@ from torch import nn
 from armetrics import linalg
 from armetrics.errors import ConfigError, ProbeError
 
-torch.set_num_threads(min(2, torch.get_num_threads()))
-
 
 # ----------------------------------------------------------------------------- ground truth helpers
 def jacobian(fn, shape) -> torch.Tensor:

@@ -26,15 +26,6 @@ from armetrics.probe import Batch, Context, ProbeResult
 from armetrics.probes.margin import SKETCH_ALPHA, Margin, logit_margin, normalized_margin, prob_margin
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small autograd-heavy ops run far faster on one thread on the shared machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 # ----- helpers ---------------------------------------------------------------------
 def loop_margins(logits: torch.Tensor, y: torch.Tensor):
     """Margins by a plain Python loop over classes (float64 arithmetic on Python floats)."""

@@ -20,14 +20,6 @@ SHAPE = (3, 8, 8)
 D = 192
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 def run(probe: RobustAccuracy, model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 16,
         start: int = 0, seed: int = 0) -> RobustAccuracy:
     """Drive a probe as the engine does (no_grad, one Batch per batch with its offset)."""

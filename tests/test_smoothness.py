@@ -20,14 +20,6 @@ SHAPE = (3, 4, 4)
 D = 48
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 def linear_net() -> nn.Module:
     """h1 = W1 x + b1 (12 features), logits = W2 h1 + b2 (5 classes): every layer linear."""
     g = torch.Generator().manual_seed(0)

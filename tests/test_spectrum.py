@@ -17,8 +17,6 @@ from armetrics import linalg
 from armetrics.errors import ConfigError
 from armetrics.probes.spectrum import QUANTILES, spectrum_stats, summarize, values_path
 
-torch.set_num_threads(min(2, torch.get_num_threads()))
-
 ROW_KEYS = {"name", "type", "weight_shape", "sigma_max", "sigma_min", "mean", "std", "cv", "condition_number",
             "stable_rank", "effective_rank", "count", "folded_bn", "q05", "q25", "q50", "q75", "q95"}
 SUMMARY_KEYS = {"cv_mean", "std_mean", "condition_number_median", "sigma_max_max", "sigma_max_product", "log_sigma_max_sum"}
