@@ -115,6 +115,8 @@ class RobustAccuracy(Probe):
     radius used, [0, 1] pixel units). Details: messages AutoAttack emitted.
     """
 
+    headline = ('robust_accuracy', 'accuracy')
+
     def __init__(
         self,
         *,

@@ -115,6 +115,8 @@ class Smoothness(Probe):
     ``radius``. See the module docstring for the definitions.
     """
 
+    headline = ('ratio_random_median', 'ratio_worst_median', 'anisotropy_median', 'logit_ratio_worst')
+
     def __init__(
         self,
         *,

@@ -100,6 +100,8 @@ class Spectrum(Probe):
     ``sigma_max_max``, ``sigma_max_product``, ``log_sigma_max_sum``.
     """
 
+    headline = ('cv_mean', 'std_mean', 'condition_number_median', 'sigma_max_max')
+
     needs_data = False
 
     def __init__(
