@@ -5,7 +5,6 @@ from __future__ import annotations
 from contextlib import contextmanager
 from typing import Iterator, Sequence
 
-import torch
 from torch import nn
 
 from .errors import ConfigError, ProbeError

@@ -30,7 +30,7 @@ from typing import Any, Callable, ClassVar
 import torch
 from torch import nn
 
-from .errors import ConfigError, ProbeError
+from .errors import ProbeError
 
 Reduce = typing.Union[str, Callable[[Any, Any], Any]]
 

@@ -218,7 +218,6 @@ def main() -> None:
         hits = [n for n in names if claimed * (rows1[n][key] - rows0[n][key]) > 0]
         out = [f"| layer | {key} eps=0 | {key} eps={e1:g} | claimed direction |", "|---|---|---|---|"]
         for n in names:
-            ci = ""
             if f"{key}_ci_low" in rows0[n]:
                 ci0 = f" [{rows0[n][f'{key}_ci_low']:.3g}, {rows0[n][f'{key}_ci_high']:.3g}]"
                 ci1 = f" [{rows1[n][f'{key}_ci_low']:.3g}, {rows1[n][f'{key}_ci_high']:.3g}]"

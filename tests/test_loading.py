@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import pickle
 import zipfile
 from pathlib import Path
 
@@ -254,7 +252,7 @@ def test_autoattack_alias():
     from armetrics._robustbench import install_autoattack_alias
 
     install_autoattack_alias()
-    import autoattack  # noqa: F401
+    import autoattack  # noqa: F401 - the alias must make this import work
     from autoattack import AutoAttack
     from autoattack.state import EvaluationState  # noqa: F401
     import pyautoattack

@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 import armetrics as am
-from armetrics.errors import ArmetricsError, ConfigError, LoadError, ReportError
+from armetrics.errors import ArmetricsError, ConfigError, ReportError
 from conftest import CHECKPOINTS, CONFTEST_PATH, EXAMPLES, make_tiny_net
 
 CKPT = str(CHECKPOINTS / "small_cnn_eps0.pt")

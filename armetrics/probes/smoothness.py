@@ -37,7 +37,7 @@ from __future__ import annotations
 import fnmatch
 import hashlib
 import math
-from typing import Annotated, Sequence
+from typing import Annotated
 
 import numpy as np
 import torch
