@@ -25,6 +25,20 @@ def resolve_layers(model: nn.Module, names: Sequence[str]) -> dict[str, nn.Modul
     return out
 
 
+@contextmanager
+def forward_hooks(model: nn.Module, names: Sequence[str], make_hook) -> Iterator[None]:
+    """Register ``make_hook(name)`` as a forward hook on each named layer for the block;
+    the hooks are removed on exit, whatever happens."""
+    handles = []
+    try:
+        for name, module in resolve_layers(model, names).items():
+            handles.append(module.register_forward_hook(make_hook(name)))
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
 class Capture(dict):
     """Layer outputs by name, filled by forward hooks while ``enabled``."""
 
@@ -38,7 +52,6 @@ def capture_outputs(model: nn.Module, names: Sequence[str]) -> Iterator[Capture]
     true. The empty name ``""`` means the model itself. Hooks are removed on exit,
     whatever happens."""
     captured = Capture()
-    handles = []
 
     def make_hook(key: str):
         def hook(_module, _inputs, output):
@@ -47,13 +60,8 @@ def capture_outputs(model: nn.Module, names: Sequence[str]) -> Iterator[Capture]
 
         return hook
 
-    try:
-        for name, module in resolve_layers(model, names).items():
-            handles.append(module.register_forward_hook(make_hook(name)))
+    with forward_hooks(model, names, make_hook):
         yield captured
-    finally:
-        for h in handles:
-            h.remove()
 
 
 def check_captured(captured: dict, names: Sequence[str]) -> None:

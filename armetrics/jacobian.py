@@ -33,7 +33,7 @@ import torch.autograd.forward_ad as fwAD
 from torch import nn
 
 from .errors import ProbeError
-from .hooks import resolve_layers
+from .hooks import forward_hooks, resolve_layers
 
 
 def flat_norm(t: torch.Tensor) -> torch.Tensor:
@@ -70,7 +70,6 @@ def tap_outputs(model: nn.Module, names: Sequence[str],
     downstream modifies it; a module called several times keeps its last call.
     Hooks are removed on exit, whatever happens."""
     taps = Taps(reduce=reduce)
-    handles = []
 
     def make_hook(name: str):
         def hook(_module, _inputs, output):
@@ -81,13 +80,8 @@ def tap_outputs(model: nn.Module, names: Sequence[str],
 
         return hook
 
-    try:
-        for name, module in resolve_layers(model, names).items():
-            handles.append(module.register_forward_hook(make_hook(name)))
+    with forward_hooks(model, names, make_hook):
         yield taps
-    finally:
-        for h in handles:
-            h.remove()
 
 
 class _StopForward(Exception):
