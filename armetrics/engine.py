@@ -24,6 +24,7 @@ from . import __version__, distributed
 from .data import Data, load_data
 from .errors import ConfigError, DataError, ProbeError
 from .hooks import capture_outputs, check_captured
+from .linalg import all_finite
 from .loading import eval_mode
 from .options import resolve_options
 from .probe import Batch, Context, Probe, ProbeResult
@@ -78,8 +79,8 @@ def model_section(model: nn.Module) -> dict[str, Any]:
     if not base.get("sha256"):
         base["sha256"] = weights_sha256(model)
     base["num_parameters"] = int(sum(p.numel() for p in model.parameters()))
-    bad = [n for n, p in model.named_parameters() if not torch.isfinite(p).all()]
-    bad += [n for n, b in model.named_buffers() if b.is_floating_point() and not torch.isfinite(b).all()]
+    bad = [n for n, p in model.named_parameters() if not all_finite(p.detach())]
+    bad += [n for n, b in model.named_buffers() if not all_finite(b)]
     if bad:
         base["nonfinite_parameters"] = bad
     return base

@@ -77,7 +77,8 @@ def test_feature_probe_sees_the_layer(tiny_net, tiny_npz, feature_probe):
     data = am.load_data(tiny_npz, batch_size=10)
     model = Counting(tiny_net)
     r = am.analyze(model, data, ["_test_features"])
-    expected = sum(float(tiny_net.conv(x).double().sum()) for x, _ in data)
+    with torch.no_grad():
+        expected = sum(float(tiny_net.conv(x).double().sum()) for x, _ in data)
     assert math.isclose(r.summary("_test_features")["total"], expected, rel_tol=1e-9)
     assert r.summary("_test_features")["seen"] == 64
 

@@ -89,20 +89,17 @@ def make_conv(case, seed=0, **kw) -> nn.Conv2d:
 def test_fft_equals_dense_circular_stride1_operator(case):
     conv, shape = make_conv(case), case[-1]
     ref = svd(circular_stride1_jacobian(conv, shape))
-    got = linalg.singular_values(conv, shape, "fft")  # float64 by default
+    got = linalg.singular_values(conv, shape, "fft")
     assert got.dtype == torch.float64 and got.shape == ref.shape
     assert torch.all(got[:-1] >= got[1:]), "not descending"
     torch.testing.assert_close(got, ref, rtol=1e-9, atol=1e-12 * float(ref[0]))
-    got32 = linalg.singular_values(conv, shape, "fft", dtype=torch.float32)
-    assert got32.dtype == torch.float32
-    torch.testing.assert_close(got32.double(), ref, rtol=1e-4, atol=1e-5 * float(ref[0]))
 
 
 def test_fft_is_the_real_layer_for_circular_padding_stride1():
     torch.manual_seed(1)
     conv = nn.Conv2d(3, 5, 3, padding=1, padding_mode="circular").eval()
     ref = svd(module_jacobian(conv, (3, 6, 4)))
-    got = linalg.singular_values(conv, (3, 6, 4), "fft", dtype=torch.float64)
+    got = linalg.singular_values(conv, (3, 6, 4), "fft")
     torch.testing.assert_close(got, ref, rtol=1e-9, atol=1e-12)
 
 
@@ -148,7 +145,7 @@ def test_power_respects_padding_mode_and_matches_fft_for_circular_stride1():
     shape = (3, 6, 5)
     ref = svd(module_jacobian(conv, shape))
     got = linalg.singular_values(conv, shape, "power", k=4)
-    fft = linalg.singular_values(conv, shape, "fft", dtype=torch.float64)
+    fft = linalg.singular_values(conv, shape, "fft")
     torch.testing.assert_close(got, ref[:4], rtol=1e-8, atol=1e-12)
     torch.testing.assert_close(got, fft[:4], rtol=1e-8, atol=1e-12)
 
@@ -227,9 +224,9 @@ def test_bn_fold_fft_equals_dense_conv_then_bn():
     shape = (3, 5, 4)
     ref = svd(module_jacobian(nn.Sequential(conv, bn), shape))
     torch.testing.assert_close(ref, svd(circular_stride1_jacobian(conv, shape, bn)), rtol=1e-10, atol=1e-12)
-    got = linalg.singular_values(conv, shape, "fft", bn=bn, dtype=torch.float64)
+    got = linalg.singular_values(conv, shape, "fft", bn=bn)
     torch.testing.assert_close(got, ref, rtol=1e-9, atol=1e-12)
-    unfolded = linalg.singular_values(conv, shape, "fft", dtype=torch.float64)
+    unfolded = linalg.singular_values(conv, shape, "fft")
     assert not torch.allclose(unfolded, got)  # folding changed something
 
 
@@ -325,3 +322,106 @@ def test_nonfinite_weight_and_bad_arguments_raise_typed_errors():
         linalg.singular_values(good, method="svd")
     with pytest.raises(ConfigError, match="Conv2d"):
         linalg.singular_values(nn.ReLU())
+
+
+# ----------------------------------------------------------------------------- fast routes and their guard
+def with_singular_values(sigma, m, n, *, complex_=False, seed=0) -> torch.Tensor:
+    """An m x n matrix U diag(sigma) Vᴴ with exactly the given singular values (the
+    ground truth), from random orthonormal/unitary U, V."""
+    g = torch.Generator().manual_seed(seed)
+    dtype = torch.complex128 if complex_ else torch.float64
+    u, _ = torch.linalg.qr(torch.randn(m, len(sigma), generator=g, dtype=dtype))
+    v, _ = torch.linalg.qr(torch.randn(n, len(sigma), generator=g, dtype=dtype))
+    return (u * torch.as_tensor(sigma).to(dtype)) @ v.mH
+
+
+def count_svd_calls(monkeypatch) -> list[int]:
+    calls = []
+    real = linalg._svd_np
+
+    def counting(x):
+        calls.append(len(x))
+        return real(x)
+
+    monkeypatch.setattr(linalg, "_svd_np", counting)
+    return calls
+
+
+@pytest.mark.parametrize("complex_", [False, True], ids=["real", "complex"])
+@pytest.mark.parametrize("shape", [(12, 12), (20, 9), (9, 20)], ids=["square", "tall", "wide"])
+def test_svdvals_takes_the_gram_route_only_where_it_is_accurate(monkeypatch, complex_, shape):
+    """Matrices with known singular values and condition numbers 1e1..1e12 plus a
+    singular one: every value must come back to 1e-8 relative (1e-14 absolute for the
+    exact zero). The Gram route alone would miss that from kappa ~ 1e4 (its error is
+    ~eps·kappa²), so the test fails if the guard lets it through; and the SVD must not
+    run for the well-conditioned matrices (else the fast route is dead code)."""
+    m, n = shape
+    r = min(m, n)
+    conds = [1e1, 1e3, 1e6, 1e12, math.inf]
+    sigmas = []
+    for kappa in conds:
+        s = torch.logspace(0, -math.log10(kappa), r, dtype=torch.float64) if math.isfinite(kappa) else \
+            torch.cat([torch.linspace(2, 1, r - 1, dtype=torch.float64), torch.zeros(1, dtype=torch.float64)])
+        sigmas.append(s)
+    mats = torch.stack([with_singular_values(s, m, n, complex_=complex_, seed=i) for i, s in enumerate(sigmas)])
+    calls = count_svd_calls(monkeypatch)
+    got = linalg.svdvals(mats)
+    assert got.dtype == torch.float64 and got.shape == (len(conds), r)
+    truth = torch.stack(sigmas)
+    torch.testing.assert_close(got, truth, rtol=1e-8, atol=1e-14)
+    # kappa 1e1 and 1e3 pass the guard (eps·kappa² <= 1e-8); 1e6, 1e12 and the singular one do not
+    assert sum(calls) == 3, calls
+
+
+def test_svdvals_float32_meets_1e_4_and_falls_back_past_its_guard(monkeypatch):
+    sigmas = [torch.logspace(0, -1, 10, dtype=torch.float64), torch.logspace(0, -3, 10, dtype=torch.float64)]
+    mats = torch.stack([with_singular_values(s, 14, 10, seed=i) for i, s in enumerate(sigmas)]).float()
+    calls = count_svd_calls(monkeypatch)
+    got = linalg.svdvals(mats)
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got.double(), torch.stack(sigmas), rtol=1e-4, atol=0)
+    assert sum(calls) == 1  # kappa 1e3: eps32·kappa² ~ 0.1 > 1e-4, the SVD's ~1e-4 is kept
+
+
+def test_svdvals_is_the_same_on_one_or_two_threads():
+    mats = torch.randn(7, 30, 20, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = linalg.svdvals(mats)
+        torch.set_num_threads(2)
+        two = linalg.svdvals(mats)
+    finally:
+        torch.set_num_threads(before)
+    torch.testing.assert_close(one, two, rtol=1e-12, atol=0)
+    torch.testing.assert_close(one, torch.linalg.svdvals(mats), rtol=1e-10, atol=0)
+
+
+@pytest.mark.parametrize("case", CASES[:6], ids=IDS[:6])
+def test_kernel_autocorrelation_is_the_gram_matrix_of_every_frequency(case):
+    """DFT of the autocorrelation == A(u,v)ᴴA(u,v) (or A Aᴴ for wide blocks) built from
+    the frequency matrices themselves, at every frequency."""
+    conv, (_, h, w) = make_conv(case, seed=4), case[-1]
+    weight = conv.weight.detach().double()
+    us, vs, _ = linalg.half_spectrum(h, w)
+    a = linalg.conv_frequency_matrices(weight, (h, w), us, vs, conv.dilation, conv.groups)
+    ref = a.mH @ a if a.shape[-2] >= a.shape[-1] else a @ a.mH
+    da, db, grams = linalg.kernel_autocorrelation(weight, conv.dilation, conv.groups)
+    got = linalg._dft(linalg._phase(us, vs, da, db, (h, w)), grams)
+    torch.testing.assert_close(got, ref, rtol=0, atol=1e-12 * float(ref.abs().max()))
+
+
+@pytest.mark.parametrize("shape", [(4, 6, 5), (4, 2, 2)], ids=["autocorrelation-route", "per-frequency-route"])
+def test_fft_with_singular_frequencies_equals_dense_operator(shape):
+    """A kernel whose output channels 2 and 3 are equal up to 1e-9: every frequency
+    matrix has a singular value ~1e-9·|W|, which the Gram route cannot resolve
+    (sqrt(eps)·sigma_max ~ 1e-8): the guard must send those frequencies to the SVD.
+    (4, 2, 2): few frequencies for 9 taps, so A(u, v) is built per frequency."""
+    torch.manual_seed(12)
+    conv = nn.Conv2d(4, 4, 3, bias=False).eval()
+    with torch.no_grad():
+        conv.weight[3] = conv.weight[2] * (1 + 1e-9)
+    ref = svd(circular_stride1_jacobian(conv, shape))
+    got = linalg.singular_values(conv, shape, "fft")
+    torch.testing.assert_close(got, ref, rtol=1e-8, atol=1e-14 * float(ref[0]))
+    assert float(ref[-1]) < 1e-8 * float(ref[0])  # the case really is near-singular

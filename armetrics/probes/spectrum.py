@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from ..errors import ArmetricsError, ConfigError, ProbeError
-from ..linalg import LINEAR_TYPES, TracedLayer, singular_values, trace_layers
+from ..linalg import LINEAR_TYPES, TracedLayer, all_finite, singular_values, trace_layers
 from ..probe import Probe, ProbeResult
 from ..registry import register_probe
 from ..stats import Histogram
@@ -117,8 +117,6 @@ class Spectrum(Probe):
         input_size: Annotated[tuple[int, ...] | None, "C,H,W of one input for the forward trace and fft/power "
                                                       "(default: the data's, else 3,32,32)"] = None,
         k: Annotated[int, "number of top singular values computed by method=power"] = 6,
-        dtype: Annotated[Literal["float64", "float32"], "working precision of reshape/fft (float32: ~3x faster fft, "
-                                                         "relative error up to ~1e-3 on the smallest values)"] = "float64",
     ):
         super().__init__()
         self.method = method
@@ -128,7 +126,6 @@ class Spectrum(Probe):
         self.save_values = save_values
         self.input_size = tuple(input_size) if input_size else None
         self.k = k
-        self.dtype = dtype
         if bins < 1:
             raise ConfigError(f"spectrum.bins must be at least 1, got {bins}")
         if k < 1:
@@ -206,7 +203,7 @@ class Spectrum(Probe):
         row["complete"] = self.method != "power"
         empty = {key: None for key in STAT_KEYS}
         weight = module.weight.detach()
-        if not torch.isfinite(weight).all():
+        if not all_finite(weight):
             row.update(empty, count=0, nonfinite=True)
             return row, None
         if self.method != "reshape" and isinstance(module, nn.Conv2d) and trace is None:
@@ -214,8 +211,7 @@ class Spectrum(Probe):
             return row, None
         t = time.perf_counter()
         try:
-            sigma = singular_values(module, trace.input_shape if trace else None, self.method, k=self.k, bn=bn,
-                                    dtype=getattr(torch, self.dtype))
+            sigma = singular_values(module, trace.input_shape if trace else None, self.method, k=self.k, bn=bn)
         except ProbeError:
             row.update(empty, count=0, nonfinite=True)
             return row, None
