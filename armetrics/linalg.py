@@ -427,7 +427,12 @@ def _autocorrelation_svdvals(weight, hw, us, vs, dilation, groups) -> np.ndarray
         g.imag = -cs[len(th):]
         return _gram_svdvals(g.reshape(-1, n, n)).reshape(len(th), -1)
 
-    step = max(1, (1 << 18) // flat.shape[1])  # ~4 MB of complex128 per task
+    # Frequencies per task: enough that one pass over the autocorrelation (D blocks) costs
+    # no more than writing the task's Gram matrices (>= D/2), at least ~4 MB of them, but
+    # at most half of each worker's share so that the threads stay balanced.
+    workers = max(1, torch.get_num_threads())
+    step = max(-(-len(flat) // 2), (1 << 18) // flat.shape[1], 1)
+    step = max(1, min(step, -(-len(us) // (2 * workers))))
     s = np.concatenate(_parallel_map(block, [slice(i, i + step) for i in range(0, len(us), step)]))
     bad = np.flatnonzero(np.isnan(s).any(axis=1))
     for chunk in _chunks(len(bad), weight.shape[0] * weight.shape[1]):  # too ill-conditioned: SVD of A(u, v)
