@@ -104,7 +104,7 @@ def bench_data_probes(args) -> list[dict]:
 
     plain()
     ours()  # warm up
-    tb, to = interleaved(plain, ours, 4 if args.quick else 8)
+    tb, to = interleaved(plain, ours, 10 if args.quick else 8)
     ratio = to / tb
     return [row(f"margin+confidence+accuracy, N={n}", f"plain model(x) loop {tb:.2f}s", f"{to:.2f}s", ratio,
                 "<= 1.05x", ratio <= 1.05)]
@@ -275,7 +275,7 @@ def bench_spectrum_fft(args) -> list[dict]:
     from armetrics import linalg
 
     layers = _conv_layers(wrn(args.quick), args.quick)
-    repeats = 1 if args.quick else 2
+    repeats = 2
     totals = {"ours": 0.0, "svd": 0.0, "own": 0.0, "numpy": 0.0}
     for m, hw in layers:
         w, dil, g = m.weight.detach().double(), m.dilation, m.groups
@@ -340,7 +340,7 @@ def bench_smoothness(args) -> list[dict]:
     hand_smoothness(model, data)
     rows = []
     for name, hand in (("smoothness", lambda: hand_smoothness(model, data)), ("robust_accuracy", lambda: hand_pgd(model, data))):
-        tb, to = interleaved(hand, probe(name), 2 if args.quick else 3)
+        tb, to = interleaved(hand, probe(name), 6 if args.quick else 3)
         goal = 1.2 if name == "smoothness" else 1.05
         rows.append(row(f"{name} (defaults), {n} images, small_cnn", f"hand-written loop {tb:.2f}s", f"{to:.2f}s",
                         to / tb, f"<= {goal}x", to / tb <= goal))

@@ -103,3 +103,22 @@ def cli_inproc(capsys):
         return subprocess.CompletedProcess(list(args), code, out, err)
 
     return run
+
+
+class _Counting(nn.Module):
+    """Wraps a model and counts its forward calls (``.calls``); the wrapped model is ``inner``."""
+
+    def __init__(self, inner: nn.Module):
+        super().__init__()
+        self.inner = inner
+        self.calls = 0
+
+    def forward(self, x):
+        self.calls += 1
+        return self.inner(x)
+
+
+@pytest.fixture
+def counting():
+    """``counting(model)`` -> the model wrapped to count forward calls (``.calls``)."""
+    return _Counting

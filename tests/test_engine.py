@@ -16,17 +16,6 @@ from armetrics.registry import _PROBES, register_probe
 from armetrics.stats import ExactSum, Histogram, QuantileSketch
 
 
-class Counting(nn.Module):
-    def __init__(self, inner):
-        super().__init__()
-        self.inner = inner
-        self.calls = 0
-
-    def forward(self, x):
-        self.calls += 1
-        return self.inner(x)
-
-
 @pytest.fixture
 def feature_probe():
     """A data probe that wants the output of layer ``inner.conv``: sums its values."""
@@ -64,18 +53,18 @@ def plain_accuracy(model, data) -> float:
     return correct / total
 
 
-def test_one_forward_per_batch_whatever_the_probes(tiny_net, tiny_npz, feature_probe):
+def test_one_forward_per_batch_whatever_the_probes(tiny_net, tiny_npz, feature_probe, counting):
     data = am.load_data(tiny_npz, batch_size=16)
     for probes in (["accuracy"], ["accuracy", "_test_features"]):
-        model = Counting(tiny_net)
+        model = counting(tiny_net)
         am.analyze(model, data, probes)
         assert model.calls == len(data) == 4
     assert not model.inner.conv._forward_hooks, "hooks must be removed"
 
 
-def test_feature_probe_sees_the_layer(tiny_net, tiny_npz, feature_probe):
+def test_feature_probe_sees_the_layer(tiny_net, tiny_npz, feature_probe, counting):
     data = am.load_data(tiny_npz, batch_size=10)
-    model = Counting(tiny_net)
+    model = counting(tiny_net)
     r = am.analyze(model, data, ["_test_features"])
     with torch.no_grad():
         expected = sum(float(tiny_net.conv(x).double().sum()) for x, _ in data)
@@ -83,11 +72,11 @@ def test_feature_probe_sees_the_layer(tiny_net, tiny_npz, feature_probe):
     assert r.summary("_test_features")["seen"] == 64
 
 
-def test_hooks_removed_on_error(tiny_net, tiny_npz, feature_probe):
+def test_hooks_removed_on_error(tiny_net, tiny_npz, feature_probe, counting):
     data = am.load_data(tiny_npz)
     with pytest.raises(ConfigError, match="no layer named"):
-        am.analyze(Counting(tiny_net), data, ["_test_features"], options={"_test_features": {"layer": "nope"}})
-    model = Counting(tiny_net)
+        am.analyze(counting(tiny_net), data, ["_test_features"], options={"_test_features": {"layer": "nope"}})
+    model = counting(tiny_net)
 
     class Boom(Exception):
         pass

@@ -309,22 +309,11 @@ def test_input_margin_median_counts_failures_as_infinite():
 
 
 # ----- one engine pass -----------------------------------------------------------------
-class CountingNet(nn.Module):
-    def __init__(self, net):
-        super().__init__()
-        self.net = net
-        self.calls = 0
-
-    def forward(self, x):
-        self.calls += 1
-        return self.net(x)
-
-
-def test_margin_confidence_accuracy_share_one_forward_per_batch(tiny_net, tiny_npz):
+def test_margin_confidence_accuracy_share_one_forward_per_batch(tiny_net, tiny_npz, counting):
     data = am.load_data(tiny_npz, batch_size=16)
-    counting = CountingNet(tiny_net)
-    report = am.analyze(counting, data, probes=["accuracy", "margin", "confidence"], seed=0)
-    assert report.to_dict()["run"]["batches"] == 4 == counting.calls
+    model = counting(tiny_net)
+    report = am.analyze(model, data, probes=["accuracy", "margin", "confidence"], seed=0)
+    assert report.to_dict()["run"]["batches"] == 4 == model.calls
     xs, ys = zip(*data.batches())
     with torch.no_grad():
         logits = tiny_net(torch.cat(xs))
