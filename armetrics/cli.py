@@ -9,13 +9,12 @@ from __future__ import annotations
 import json
 import math
 import os
-import signal
 import sys
 from pathlib import Path
 
 import click
 
-from . import __version__
+from . import __version__, interrupt
 from .errors import ArmetricsError, ConfigError
 
 DEFAULT_PROBES = "accuracy,spectrum,margin,confidence,smoothness,robust_accuracy"
@@ -161,6 +160,7 @@ def analyze(models, arch, arch_kwargs, probes, data_src, n, batch_size, seed, de
     if out is None and not quiet:
         table += "\n(the table shows headline keys; --out FILE.json saves the full report)"
     if out:
+        interrupt.check()
         report.save(out)
     click.echo(table)
     if out and not quiet:
@@ -200,17 +200,13 @@ def _register_plugins() -> None:
 _register_plugins()
 
 
-def _on_sigterm(signum, _frame):
-    raise KeyboardInterrupt
-
-
 def main(argv: list[str] | None = None) -> None:
     """Entry point. Exits with 0, 1 (armetrics error), 2 (usage) or 130 (interrupted).
-    Called without ``argv`` (the console script), it also turns SIGTERM into a clean
-    interruption."""
+    Called without ``argv`` (the console script), it also turns SIGINT and SIGTERM into
+    a clean interruption that cannot be lost (:mod:`armetrics.interrupt`)."""
     if argv is None:
         argv = sys.argv[1:]
-        signal.signal(signal.SIGTERM, _on_sigterm)
+        interrupt.install()
     argv = list(argv)
     debug = "--debug" in argv or bool(os.environ.get("ARMETRICS_DEBUG"))
     try:

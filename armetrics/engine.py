@@ -20,7 +20,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import torch
 from torch import nn
 
-from . import __version__, distributed
+from . import __version__, distributed, interrupt
 from .data import Data, load_data
 from .errors import ConfigError, DataError, ProbeError
 from .hooks import capture_outputs, check_captured
@@ -244,6 +244,7 @@ def _data_pass(model, data: Data, probes: list[Probe], ctx: Context, progress: b
         bar = tqdm(total=max(stop - start, 0), disable=not progress, unit="img", desc="analyze", leave=False, file=sys.stderr)
         try:
             for x, y in data.batches(start, stop):
+                interrupt.check()
                 x, y = x.to(ctx.device, non_blocking=True), y.to(ctx.device, non_blocking=True)
                 captured.clear()
                 captured.enabled = True

@@ -391,7 +391,7 @@ def fft_singular_values(weight: torch.Tensor, hw: tuple[int, int], dilation: tup
     Each frequency's values come from the eigenvalues of its Gram matrix, built for
     all frequencies at once as the DFT of the kernel's autocorrelation
     (:func:`kernel_autocorrelation`) when that is cheaper than forming ``AᴴA`` per
-    frequency; frequencies whose Gram matrix is too ill-conditioned for the requested
+    frequency; frequencies whose Gram matrix is too ill-conditioned for ~1e-8 relative
     accuracy (:data:`GRAM_RTOL`) are decomposed by the SVD of ``A(u, v)`` instead."""
     c_out, c_in_g, kh, kw = weight.shape
     weight = weight.detach().cpu()

@@ -22,6 +22,7 @@ from typing import Any, Callable, Sequence
 
 import click
 
+from . import interrupt
 from .errors import ArmetricsError, ConfigError, ReportError
 
 FAILURES = (ArmetricsError, RuntimeError, ValueError, TypeError, OSError)
@@ -116,6 +117,7 @@ def run_sweep(models: Sequence[str], out_dir: Path, load_kwargs: dict, data, pro
         if result is not None:
             report = Report(result)
             report.data["run"]["fingerprint"] = fp
+            interrupt.check()
             report.save(path)
         rows[model] = ("ok", f"{path} ({seconds:.1f}s)")
         if not quiet and main:

@@ -255,16 +255,50 @@ def test_interrupted_analyze_keeps_old_report(tmp_path, sig):
     proc = subprocess.Popen(
         [sys.executable, "-m", "armetrics", "analyze", CKPT, "--arch", ARCH, "--batch-size", "1",
          "--out-dir", str(out_dir), "--probes", "margin", "--set", "margin.input=true"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+        # a test runner started in the background of a non-interactive shell passes SIGINT
+        # on as ignored, and an ignored SIGINT stays ignored: give the child the default
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     line = proc.stderr.readline()  # "analyzing ...": torch is imported, the model is loading
     assert line.startswith("analyzing"), line
     time.sleep(1.0)
     proc.send_signal(sig)
-    stdout, stderr = proc.communicate(timeout=120)
+    try:
+        stdout, stderr = proc.communicate(timeout=120)
+    finally:
+        proc.kill()  # never leave a run behind
     assert proc.returncode == 130, stderr
     assert stderr.strip().splitlines() == ["error: interrupted (no report was written or changed)"]
     assert old.read_text() == "old report"
     assert [p.name for p in out_dir.iterdir()] == ["small_cnn_eps0.json"]
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+def test_swallowed_interrupt_still_stops_the_run(monkeypatch, tmp_path, capsys):
+    """A Ctrl-C that lands in a __del__ is printed as "Exception ignored" and Python goes
+    on; the handler the CLI installs also records it, so the next batch stops the run and
+    nothing is written."""
+    from armetrics import cli, interrupt
+
+    monkeypatch.setattr(interrupt, "_requested", False)
+
+    class LandsInDel:
+        def __del__(self):
+            interrupt.request()
+
+    LandsInDel()  # the KeyboardInterrupt raised in __del__ is swallowed here
+    assert interrupt._requested
+    net = make_tiny_net()
+    npz = tmp_path / "d.npz"
+    rng = np.random.default_rng(0)
+    np.savez(npz, x=rng.integers(0, 256, (8, 8, 8, 3), dtype=np.uint8), y=rng.integers(0, 10, 8))
+    with pytest.raises(KeyboardInterrupt):
+        am.analyze(net, am.load_data(npz, batch_size=4), ["accuracy"])
+    out = tmp_path / "r.json"
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["analyze", CKPT, "--arch", ARCH, "--probes", "spectrum", "--out", str(out)])
+    assert exit_info.value.code == 130 and not out.exists()
+    assert "interrupted" in capsys.readouterr().err
 
 
 # ------------------------------------------------------------------------- determinism

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .. import interrupt
 from ..errors import ArmetricsError, ConfigError, ProbeError
 from ..linalg import LINEAR_TYPES, TracedLayer, all_finite, singular_values, trace_layers
 from ..probe import Probe, ProbeResult
@@ -180,6 +181,7 @@ class Spectrum(Probe):
 
         rows, dists, saved = [], {}, {}
         for name in order:
+            interrupt.check()
             row, sigma = self._layer(name, modules[name], traced.get(name))
             rows.append(row)
             if sigma is not None:
