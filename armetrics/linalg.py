@@ -337,13 +337,16 @@ def _taps(weight: torch.Tensor, dilation: tuple[int, int]) -> tuple[torch.Tensor
     return da, db
 
 
-def _dft(theta: torch.Tensor, blocks: torch.Tensor) -> torch.Tensor:
-    """``sum_d exp(-i theta[f, d]) · blocks[d]`` for real ``blocks`` ``(D, ...)``:
-    complex ``(F, ...)`` in the blocks' precision."""
-    flat = blocks.reshape(blocks.shape[0], -1)
-    re = theta.cos().to(flat) @ flat
-    im = theta.sin().to(flat) @ flat
-    return torch.complex(re, im.neg_()).reshape(theta.shape[0], *blocks.shape[1:])
+def _dft(theta: np.ndarray, flat: np.ndarray) -> np.ndarray:
+    """``sum_d exp(-i theta[f, d]) · flat[d]`` for real ``flat`` ``(D, N)``: complex
+    ``(F, N)`` in its precision, written in place from one product with ``[cos; sin]``
+    (one pass over ``flat``)."""
+    th = theta.astype(flat.dtype)
+    cs = np.concatenate([np.cos(th), np.sin(th)]) @ flat
+    out = np.empty((len(th), flat.shape[1]), np.complex128 if flat.dtype == np.float64 else np.complex64)
+    out.real = cs[: len(th)]
+    out.imag = -cs[len(th):]
+    return out
 
 
 def conv_frequency_matrices(weight: torch.Tensor, hw: tuple[int, int], us: torch.Tensor, vs: torch.Tensor,
@@ -353,8 +356,9 @@ def conv_frequency_matrices(weight: torch.Tensor, hw: tuple[int, int], us: torch
     ``A = sum_{a,b} W[..., a, b] exp(-2πi (u·a·dh/H + v·b·dw/W))``, in the weight's
     precision (float32 -> complex64, float64 -> complex128)."""
     c_out, c_in_g, kh, kw = weight.shape
-    taps = weight.permute(2, 3, 0, 1).reshape(kh * kw, groups, c_out // groups, c_in_g)
-    return _dft(_phase(us, vs, *_taps(weight, dilation), hw).to(weight.device), taps)
+    taps = weight.detach().cpu().permute(2, 3, 0, 1).reshape(kh * kw, -1).numpy()
+    a = _dft(_phase(us, vs, *_taps(weight, dilation), hw).numpy(), taps)
+    return torch.from_numpy(a).reshape(len(us), groups, c_out // groups, c_in_g)
 
 
 def kernel_autocorrelation(weight: torch.Tensor, dilation: tuple[int, int] = (1, 1), groups: int = 1):
@@ -417,15 +421,10 @@ def _autocorrelation_svdvals(weight, hw, us, vs, dilation, groups) -> np.ndarray
     n = grams.shape[-1]
     theta = _phase(us, vs, da, db, hw).numpy()
     flat = grams.reshape(len(grams), -1).numpy()
-    cdtype = np.complex128 if flat.dtype == np.float64 else np.complex64
 
     def block(sl: slice) -> np.ndarray:
-        th = theta[sl].astype(flat.dtype)
-        cs = np.concatenate([np.cos(th), np.sin(th)]) @ flat  # one pass over the autocorrelation
-        g = np.empty((len(th), flat.shape[1]), cdtype)
-        g.real = cs[: len(th)]
-        g.imag = -cs[len(th):]
-        return _gram_svdvals(g.reshape(-1, n, n)).reshape(len(th), -1)
+        g = _dft(theta[sl], flat)
+        return _gram_svdvals(g.reshape(-1, n, n)).reshape(len(g), -1)
 
     # Frequencies per task: enough that one pass over the autocorrelation (D blocks) costs
     # no more than writing the task's Gram matrices (>= D/2), at least ~4 MB of them, but

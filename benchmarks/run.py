@@ -282,8 +282,8 @@ def bench_spectrum_fft(args) -> list[dict]:
         us, vs, mult = linalg.half_spectrum(*hw)
         a = linalg.conv_frequency_matrices(w, hw, us, vs, dil, g)
         da, db, grams = linalg.kernel_autocorrelation(w, dil, g)
-        gram = linalg._dft(linalg._phase(us, vs, da, db, hw), grams)
-        gram = gram.reshape(-1, *gram.shape[-2:]).numpy()
+        gram = linalg._dft(linalg._phase(us, vs, da, db, hw).numpy(), grams.reshape(len(grams), -1).numpy())
+        gram = gram.reshape(-1, *grams.shape[-2:])
         bad = np.isnan(linalg._gram_svdvals(gram)).any(axis=1)
         rejected = a.reshape(-1, *a.shape[-2:]).numpy()[bad]
 
