@@ -8,15 +8,18 @@ that module as ``pyautoattack``. :func:`import_robustbench` maps every
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.abc
 import importlib.util
+import os
 import sys
 import warnings
 from pathlib import Path
 from typing import Any
 
-from .errors import LoadError
+from .errors import LoadError, one_line
+from .safeio import regular_file
 
 
 class _AliasFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
@@ -70,6 +73,18 @@ def import_robustbench():
     return sys.modules["robustbench"]
 
 
+@contextlib.contextmanager
+def _quiet():
+    """robustbench's and timm's deprecation notices (``torch.jit.interface``, pickle
+    protocols) stay off the user's stderr unless ``ARMETRICS_DEBUG`` is set."""
+    if os.environ.get("ARMETRICS_DEBUG"):
+        yield
+        return
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        yield
+
+
 def parse_name(spec: str, dataset: str = "cifar10", threat_model: str = "Linf") -> tuple[str, str, str]:
     """``robustbench:NAME`` or ``robustbench:DATASET/THREAT/NAME`` -> (dataset, threat, name)."""
     body = spec.split(":", 1)[1] if spec.startswith("robustbench:") else spec
@@ -121,7 +136,9 @@ def _entry(name: str, dataset: str, threat_model: str) -> dict[str, Any]:
 
 def architecture(name: str, dataset: str = "cifar10", threat_model: str = "Linf"):
     """A fresh (randomly initialised) instance of a zoo model's architecture."""
-    return _entry(name, dataset, threat_model)["model"]()
+    factory = _entry(name, dataset, threat_model)["model"]
+    with _quiet():
+        return factory()
 
 
 def weight_paths(name: str, model_dir: str | Path, dataset: str, threat_model: str) -> list[Path]:
@@ -138,20 +155,28 @@ def load(name: str, model_dir: str | Path, dataset: str, threat_model: str):
     """Load a zoo model through robustbench's own ``load_model`` from ``model_dir``.
 
     Never downloads: when a weight file is absent, raises a LoadError naming the
-    path where it must be placed. The caller checks the files' formats first.
+    path where it must be placed; a weight path that is not a regular file (a FIFO, a
+    device) is refused before anything opens it. The caller checks the files' formats.
     """
     rb = import_robustbench()
     paths = weight_paths(name, model_dir, dataset, threat_model)
-    missing = [p for p in paths if not p.is_file()]
+    missing = [p for p in paths if not p.exists() and not p.is_symlink()]
+    for p in paths:  # a FIFO or a device would block or stream forever: refuse it unopened
+        if p not in missing:
+            try:
+                regular_file(p, "RobustBench weight file", LoadError)
+            except LoadError as exc:
+                raise LoadError(one_line(str(exc))) from None
     if missing:
         raise LoadError(
             f"weights of RobustBench model {name!r} are not in --model-dir and this machine "
-            f"cannot download them: place the file at {missing[0]}"
+            f"cannot download them: place the file at {one_line(str(missing[0]))}"
         )
     import timm
 
     timm_name = f"{name.lower().replace('-', '_')}_{dataset.lower()}_{threat_model.lower()}"
-    if timm.is_model(timm_name):
-        # robustbench would fetch these from the hub; build without weights, load the file
-        return timm.create_model(timm_name, pretrained=False, checkpoint_path=str(paths[0])).eval()
-    return rb.utils.load_model(model_name=name, model_dir=str(model_dir), dataset=dataset, threat_model=threat_model)
+    with _quiet():
+        if timm.is_model(timm_name):
+            # robustbench would fetch these from the hub; build without weights, load the file
+            return timm.create_model(timm_name, pretrained=False, checkpoint_path=str(paths[0])).eval()
+        return rb.utils.load_model(model_name=name, model_dir=str(model_dir), dataset=dataset, threat_model=threat_model)

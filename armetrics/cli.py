@@ -10,12 +10,13 @@ import json
 import math
 import os
 import sys
+import warnings
 from pathlib import Path
 
 import click
 
 from . import __version__, interrupt
-from .errors import ArmetricsError, ConfigError
+from .errors import ArmetricsError, ConfigError, first_line, one_line
 
 DEFAULT_PROBES = "accuracy,spectrum,margin,confidence,smoothness,robust_accuracy"
 
@@ -95,7 +96,8 @@ def cli() -> None:
               help="cifar10-sample, an ImageFolder dir, a cifar-10-batches-py dir, or an .npz with x and y.")
 @click.option("-n", "n", type=int, default=None, help="Number of images (default: all of SRC).")
 @click.option("--batch-size", type=int, default=256, show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True, help="Which images, their order, and probe randomness.")
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="Which images, their order, and probe randomness (an integer >= 0).")
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:1, ...")
 @click.option("--set", "sets", multiple=True, metavar="PROBE.OPT=VALUE", help="A probe option; repeatable.")
 @click.option("--mean", metavar="M1,M2,M3", help="Per-channel mean the model expects inputs normalized with.")
@@ -103,7 +105,9 @@ def cli() -> None:
 @click.option("--model-dir", default="models", show_default=True, help="RobustBench model directory (DIR/<dataset>/<threat>/<NAME>.pt).")
 @click.option("--dataset", default="cifar10", show_default=True, help="RobustBench dataset for robustbench:NAME.")
 @click.option("--threat-model", default="Linf", show_default=True, help="RobustBench threat model for robustbench:NAME.")
-@click.option("--trust-pickle", is_flag=True, help="Allow files holding pickled Python objects (can run arbitrary code).")
+@click.option("--trust-code", "--trust-pickle", "trust_code", is_flag=True,
+              help="Run code the checkpoint carries: pickled Python objects, TorchScript, non-tensor ops of "
+                   "torch.export programs. Only for files whose source you trust (--trust-pickle: the same).")
 @click.option("-o", "--out", type=click.Path(dir_okay=False), help="Write the report JSON here ('-' for stdout).")
 @click.option("--out-dir", type=click.Path(file_okay=False), help="With several models: one report each, DIR/<name>.json.")
 @click.option("--executor", type=click.Choice(["local", "ray"]), default="local", show_default=True,
@@ -114,13 +118,20 @@ def cli() -> None:
 @click.option("--quiet", is_flag=True, help="No progress bar or notes.")
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
 def analyze(models, arch, arch_kwargs, probes, data_src, n, batch_size, seed, device, sets, mean, std, model_dir,
-            dataset, threat_model, trust_pickle, out, out_dir, executor, ray_address, task_cpus, task_gpus,
+            dataset, threat_model, trust_code, out, out_dir, executor, ray_address, task_cpus, task_gpus,
             quiet, debug) -> None:
     """Analyze MODEL (a checkpoint file or robustbench:NAME) with the selected probes."""
     from . import distributed
+    from . import checks
     from .engine import analyze as run_analysis, make_probes
     from .options import parse_sets
+    from .report import check_output_path
 
+    checks.device(device)  # before joining a process group or reading anything
+    checks.seed(seed, "--seed", allow_none=False)
+    checks.integer(batch_size, "--batch-size", minimum=1)
+    if n is not None:
+        checks.integer(n, "-n", minimum=1)
     d, device = distributed.init_from_env(device)  # under torchrun: one shard per rank
 
     options = parse_sets(sets)
@@ -129,13 +140,16 @@ def analyze(models, arch, arch_kwargs, probes, data_src, n, batch_size, seed, de
         raise click.UsageError("several MODELs need --out-dir DIR (one report per model)")
     if out and out_dir:
         raise click.UsageError("use --out for one model or --out-dir for several, not both")
-    load_kwargs = dict(arch=arch, arch_kwargs=_arch_kwargs(arch_kwargs), trust_pickle=trust_pickle,
+    load_kwargs = dict(arch=arch, arch_kwargs=_arch_kwargs(arch_kwargs), trust_code=trust_code,
                        model_dir=model_dir, dataset=dataset, threat_model=threat_model,
                        mean=_floats(mean, "--mean"), std=_floats(std, "--std"), device=device)
     from .data import load_data
     from .loading import load_model
 
     needs_data = _needs_data(probes)
+    inputs = _input_files(models, arch, data_src if needs_data else None, load_kwargs)
+    if out and out != "-":
+        check_output_path(out, inputs)  # before anything is loaded: a wrong --out costs nothing
     data = load_data(data_src, n=n, batch_size=batch_size, seed=seed) if needs_data else None
     progress = False if quiet else None
     if out_dir:
@@ -143,7 +157,7 @@ def analyze(models, arch, arch_kwargs, probes, data_src, n, batch_size, seed, de
 
         spec = {"source": data_src, "n": n, "batch_size": batch_size, "seed": seed} if needs_data else None
         ok = run_sweep(models, Path(out_dir), load_kwargs, data, probes, options, seed, device, progress, quiet,
-                       data_spec=spec, executor=executor, ray_address=ray_address, task_cpus=task_cpus, task_gpus=task_gpus)
+                       data_spec=spec, inputs=inputs, executor=executor, ray_address=ray_address, task_cpus=task_cpus, task_gpus=task_gpus)
         sys.exit(0 if ok else 1)
     if executor != "local":
         raise click.UsageError("--executor ray runs sweeps: give --out-dir DIR")
@@ -161,10 +175,35 @@ def analyze(models, arch, arch_kwargs, probes, data_src, n, batch_size, seed, de
         table += "\n(the table shows headline keys; --out FILE.json saves the full report)"
     if out:
         interrupt.check()
+        for target in report.output_paths(out):  # the report and its side files
+            check_output_path(target, inputs)
         report.save(out)
+        interrupt.wrote(out)
     click.echo(table)
     if out and not quiet:
         click.echo(f"report written to {out}", err=True)
+
+
+def _input_files(models, arch: str | None, data_src: str | None, load_kwargs: dict) -> list[Path]:
+    """The files a run reads — model files (also a zoo entry's weights in --model-dir),
+    the --arch .py file, the data file or directory: no output may replace one of them."""
+    files: list[Path] = []
+    for m in models:
+        if m.startswith("robustbench:"):
+            from ._robustbench import parse_name, weight_paths
+
+            try:
+                ds, tm, name = parse_name(m, load_kwargs["dataset"], load_kwargs["threat_model"])
+                files += weight_paths(name, load_kwargs["model_dir"], ds, tm)
+            except ArmetricsError:
+                pass  # the load reports a bad name
+        else:
+            files.append(Path(m))
+    if arch and ":" in arch and arch.rsplit(":", 1)[0].endswith(".py"):
+        files.append(Path(arch.rsplit(":", 1)[0]))
+    if data_src and data_src != "cifar10-sample":
+        files.append(Path(data_src))
+    return files
 
 
 def _needs_data(probes: str) -> bool:
@@ -203,12 +242,25 @@ _register_plugins()
 def main(argv: list[str] | None = None) -> None:
     """Entry point. Exits with 0, 1 (armetrics error), 2 (usage) or 130 (interrupted).
     Called without ``argv`` (the console script), it also turns SIGINT and SIGTERM into
-    a clean interruption that cannot be lost (:mod:`armetrics.interrupt`)."""
+    a clean interruption that cannot be lost (:mod:`armetrics.interrupt`).
+
+    Third-party warnings (torch, robustbench, PIL, pickle protocols) are silenced unless
+    ``--debug`` (or ``ARMETRICS_DEBUG=1``), which also shows tracebacks."""
     if argv is None:
         argv = sys.argv[1:]
         interrupt.install()
     argv = list(argv)
     debug = "--debug" in argv or bool(os.environ.get("ARMETRICS_DEBUG"))
+    interrupt.reset()
+    with warnings.catch_warnings():
+        if debug:
+            os.environ["ARMETRICS_DEBUG"] = "1"  # the library shows third-party warnings too
+        else:
+            warnings.simplefilter("ignore")
+        _run(argv, debug)
+
+
+def _run(argv: list[str], debug: bool) -> None:
     try:
         try:
             rv = cli.main(args=argv, prog_name="armetrics", standalone_mode=False)
@@ -221,19 +273,20 @@ def main(argv: list[str] | None = None) -> None:
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
     except click.ClickException as exc:
+        exc.message = one_line(exc.message)
         exc.show()
         sys.exit(exc.exit_code)
     except (KeyboardInterrupt, click.exceptions.Abort):
-        click.echo("error: interrupted (no report was written or changed)", err=True)
+        click.echo(f"error: interrupted ({interrupt.written_text()})", err=True)
         sys.exit(130)
     except ArmetricsError as exc:
         if debug:
             raise
-        click.echo(f"error: {exc}", err=True)
+        click.echo(f"error: {one_line(str(exc))}", err=True)
         sys.exit(1)
     except Exception as exc:  # an armetrics bug or an unexpected library error
         if debug:
             raise
-        first = (str(exc).strip().splitlines() or [""])[0][:300]
+        first = one_line(first_line(exc, 300))
         click.echo(f"error: unexpected {type(exc).__name__}: {first} (rerun with --debug for a traceback)", err=True)
         sys.exit(1)

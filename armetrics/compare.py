@@ -12,7 +12,22 @@ summary key ranks models like the RobustBench leaderboard does).
 - one PNG per figure whose probe some report has (see :mod:`armetrics.plots`);
 - ``index.html``: the tables and figures (linked relatively: keep the folder together;
   no external CSS/JS, opens offline);
-- with ``against="leaderboard"``: ``correlation.csv`` and ``correlation.png``.
+- with ``against="leaderboard"``: ``correlation.csv`` and ``correlation.png``;
+- ``.armetrics-compare.json``: the manifest of what this comparison wrote (name and
+  sha256 of each file).
+
+Nothing in ``out`` that armetrics did not write is ever replaced or removed: every file is
+first rendered in memory; a name about to be written that exists in ``out`` but is not
+listed in the manifest with its current sha256 (a user's own file, or one changed since)
+makes ``compare`` refuse, before writing anything, with one line naming it. Files of an
+earlier comparison that this one does not write are removed only when the manifest lists
+them with their current content. All files are written by one
+:func:`armetrics.report.atomic_write` (temporary files, then renames; ``index.html``
+last).
+
+Every value taken from a report is escaped in ``index.html``; CSV cells that are strings
+starting with ``=``, ``+``, ``-``, ``@``, a tab or a carriage return are prefixed with
+``'`` so that spreadsheets do not run them as formulas (numbers stay numbers).
 
 Model order (rows, colours, legends): by ε when known, then by robust accuracy, then
 input order. ε comes from the report's ``model.eps`` (a number or ``"8/255"``), else
@@ -26,22 +41,30 @@ is unknown come after those whose ε (robust accuracy) is known.
 from __future__ import annotations
 
 import csv
+import hashlib
 import html
 import io
+import json
 import math
+import os
 import re
+import stat
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from . import __version__
-from .errors import ConfigError, ReportError
-from .report import Report, atomic_write_text, to_jsonable
+from .errors import ConfigError, ReportError, one_line
+from .report import Report, atomic_write, to_jsonable
 from .zoo import check_against, lookup, parse_eps
 
 FIXED_COLUMNS = ("model", "source", "sha256", "eps", "eps_from", "data_source", "data_n", "data_seed", "data_note")
 LEADERBOARD_COLUMNS = ("leaderboard.clean_accuracy", "leaderboard.robust_accuracy")
+#: what the last comparison in a folder wrote: {"files": {name: sha256}}
+MANIFEST = ".armetrics-compare.json"
+#: CSV cells (strings) starting with one of these are prefixed with ' (no formula injection)
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 MIN_MODELS_FOR_CORRELATION = 3
 
 
@@ -98,13 +121,19 @@ def _expand(items: Iterable[Report | str | Path]) -> list[tuple[Report, str]]:
             continue
         path = Path(item)
         if path.is_dir():
-            files = sorted(path.glob("*.json"))
+            files = sorted(f for f in path.glob("*.json") if not f.name.startswith("."))  # not the manifest
             if not files:
                 raise ReportError(f"{path} is a directory without .json reports: pass report files")
             out += [(Report.load(f), str(f)) for f in files]
         else:
-            out.append((Report.load(path), str(path)))
+            out.append((Report.load(path), one_line(str(path))))
     return out
+
+
+def _short(value: Any, limit: int = 60) -> str:
+    """``repr(value)`` on one line, cut to ``limit`` characters (for error messages)."""
+    text = one_line(repr(value))
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def check_compatible(entries: Sequence[Entry]) -> None:
@@ -123,13 +152,14 @@ def check_compatible(entries: Sequence[Entry]) -> None:
             a, b = to_jsonable(first[probe].report.config(probe)), to_jsonable(e.report.config(probe))
             diff = sorted(k for k in set(a) | set(b) if a.get(k, "<unset>") != b.get(k, "<unset>"))
             if diff:
-                k = diff[0]
-                shown = ", ".join(f"{k}={a.get(k, '<unset>')!r} in {first[probe].origin} vs "
-                                  f"{b.get(k, '<unset>')!r} in {e.origin}" for k in diff[:3])
+                k = one_line(diff[0])[:60]
+                shown = ", ".join(f"{one_line(k)[:60]}={_short(a.get(k, '<unset>'))} in {first[probe].origin} vs "
+                                  f"{_short(b.get(k, '<unset>'))} in {e.origin}" for k in diff[:3])
                 more = f" (and {len(diff) - 3} more)" if len(diff) > 3 else ""
+                name = one_line(probe)[:60]
                 raise ReportError(
-                    f"reports ran probe {probe!r} with different options: {shown}{more}: re-run "
-                    f"`armetrics analyze` with the same --set {probe}.{k}=..., or compare them separately")
+                    f"reports ran probe {name!r} with different options: {shown}{more}: re-run "
+                    f"`armetrics analyze` with the same --set {name}.{k}=..., or compare them separately")
 
 
 def _data_key(report: Report) -> tuple | None:
@@ -152,9 +182,9 @@ def _note_data(entries: Sequence[Entry]) -> str | None:
     for e, k in zip(entries, keys):
         if k is None or k == common:
             continue
-        e.data_note = f"different data: source={k[0]} n={k[1]} seed={k[2]}"
+        e.data_note = one_line(f"different data: source={k[0]} n={k[1]} seed={k[2]}")
         if common is not None:
-            e.data_note += f" (most reports: source={common[0]} n={common[1]} seed={common[2]})"
+            e.data_note += one_line(f" (most reports: source={common[0]} n={common[1]} seed={common[2]})")
     return ("The reports were computed on different data selections (source, n or seed): their data-"
             "dependent numbers are not measured on the same images; rows marked in data_note differ.")
 
@@ -168,9 +198,10 @@ def eps_from_name(name: str) -> float | None:
     """``small_cnn_eps8`` -> 8/255 (an integer after ``eps`` counts 255ths), ``eps0.5`` -> 0.5."""
     m = _EPS_DEC.search(name)
     if m:
-        return float(m.group(1))
+        eps = float(m.group(1))
+        return eps if math.isfinite(eps) else None
     m = _EPS_INT.search(name)
-    if m:
+    if m and len(m.group(1)) <= 12:  # int() of thousands of digits is refused (and no eps)
         return int(m.group(1)) / 255.0
     return None
 
@@ -178,7 +209,7 @@ def eps_from_name(name: str) -> float | None:
 def _resolve_eps(e: Entry) -> None:
     model = e.report.model
     eps = parse_eps(model.get("eps"))
-    if eps is not None:
+    if eps is not None and math.isfinite(eps):
         e.eps, e.eps_from = eps, "report"
         return
     rec = lookup(str(model.get("source", "")))
@@ -203,7 +234,7 @@ def order(entries: Sequence[Entry]) -> list[Entry]:
 
 
 def _labels(entries: Sequence[Entry]) -> None:
-    names = [str(e.report.model.get("name") or "model") for e in entries]
+    names = [one_line(str(e.report.model.get("name") or "model")) for e in entries]  # no terminal escapes
     for e, name in zip(entries, names):
         e.label = name
     for name in {n for n in names if names.count(n) > 1}:
@@ -240,11 +271,24 @@ def value(entry: Entry, column: str) -> float | int | None:
 
 
 def _cell(v: Any) -> str:
+    """A CSV cell: numbers as numbers (full precision; a negative number stays a number),
+    None and non-finite as blank, strings neutralised against formula injection."""
     if v is None:
         return ""
     if isinstance(v, float):
         return repr(v) if math.isfinite(v) else ""
-    return str(v)
+    if isinstance(v, (int, bool)):
+        return str(v)
+    return csv_text(str(v))
+
+
+def csv_text(text: str) -> str:
+    """``text`` with a ``'`` in front when a spreadsheet would read it as a formula (it
+    starts with ``=``, ``+``, ``-``, ``@``, a tab or a carriage return); carriage returns
+    become newlines (which the CSV writer quotes: a bare CR would end the row)."""
+    if text.startswith(FORMULA_START):
+        text = "'" + text
+    return text.replace("\r\n", "\n").replace("\r", "\n")
 
 
 def _rows(entries: Sequence[Entry], columns: Sequence[str], against: str | None) -> list[dict[str, Any]]:
@@ -265,14 +309,76 @@ def _rows(entries: Sequence[Entry], columns: Sequence[str], against: str | None)
     return rows
 
 
-def _write_csv(path: Path, header: Sequence[str], rows: Iterable[dict[str, Any]]) -> Path:
+def _csv(header: Sequence[str], rows: Iterable[dict[str, Any]]) -> str:
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    w.writerow(header)
+    w.writerow([csv_text(str(h)) for h in header])
     for row in rows:
         w.writerow([_cell(row.get(h)) for h in header])
-    atomic_write_text(path, buf.getvalue())
-    return path
+    return buf.getvalue()
+
+
+# --------------------------------------------------------------------------- the output folder
+def _sha256_of(path: Path) -> str | None:
+    """sha256 of a regular file (symlinks followed), None for anything else or unreadable."""
+    try:
+        st = os.stat(path)
+        if not stat.S_ISREG(st.st_mode):
+            return None
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+        return h.hexdigest()
+    except (OSError, ValueError):
+        return None
+
+
+def read_manifest(out: Path) -> dict[str, str] | None:
+    """``{file name: sha256}`` of what the last comparison in ``out`` wrote; empty when
+    there is no manifest, None when ``out/.armetrics-compare.json`` exists but is not a
+    manifest (then it is not armetrics' file either)."""
+    path = out / MANIFEST
+    if not os.path.lexists(path):
+        return {}
+    try:
+        st = os.lstat(path)
+        if not stat.S_ISREG(st.st_mode) or st.st_size > 1 << 20:
+            return None
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError):
+        return None
+    files = doc.get("files") if isinstance(doc, dict) else None
+    if not isinstance(files, dict):
+        return None
+    return {k: v for k, v in files.items() if isinstance(k, str) and isinstance(v, str)}
+
+
+def _ours(out: Path, name: str, manifest: dict[str, str]) -> bool:
+    """Whether ``out/name`` is a file an earlier comparison wrote and nobody changed since."""
+    return name in manifest and _sha256_of(out / name) == manifest[name]
+
+
+def _plan_output(out: Path, files: dict[str, bytes], known: Sequence[str]) -> tuple[dict[str, str], list[str]]:
+    """Check that writing ``files`` into ``out`` replaces only armetrics' own files;
+    return the new manifest and the stale files of an earlier comparison to remove.
+    ReportError naming the first file that is not armetrics' (nothing written)."""
+    if not out.is_dir():
+        return {name: hashlib.sha256(data).hexdigest() for name, data in files.items()}, []
+    manifest = read_manifest(out)
+    if manifest is None:
+        raise ReportError(f"compare --out {one_line(str(out))} holds a {MANIFEST} that armetrics did not write: "
+                          f"move it away, or choose an empty or another --out directory")
+    for name in files:
+        if os.path.lexists(out / name) and not _ours(out, name, manifest):
+            raise ReportError(
+                f"compare --out {one_line(str(out))} already holds {name}, which no earlier armetrics compare "
+                f"wrote there (or which was changed since): move it away, or choose an empty or another --out directory")
+    new = {name: hashlib.sha256(data).hexdigest() for name, data in files.items()}
+    stale = [name for name in known if name not in files and _ours(out, name, manifest)]
+    for name in stale:  # listed until removed: a crash before the removal leaves them armetrics'
+        new[name] = manifest[name]
+    return new, stale
 
 
 # --------------------------------------------------------------------------- correlation
@@ -331,58 +437,68 @@ def compare(reports: Sequence[Report | str | Path], out: str | Path, against: st
     _labels(entries)
 
     out = Path(out)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise ReportError(f"cannot create {out} ({exc.strerror}): choose a writable --out directory") from None
-
     columns = summary_columns(entries)
     header = list(FIXED_COLUMNS) + (list(LEADERBOARD_COLUMNS) if against else []) + columns
     rows = _rows(entries, columns, against)
-    summary_csv = _write_csv(out / "summary.csv", header, rows)
+    # (backslashreplace: a lone surrogate, e.g. from an undecodable file name, is written as \udcff)
+    files: dict[str, bytes] = {"summary.csv": _csv(header, rows).encode("utf-8", "backslashreplace")}
 
     from . import plots
 
+    # every figure is drawn into memory first: nothing is written before the folder is checked
     series = plots.make_series([e.label for e in entries], [e.report for e in entries])
-    figures: dict[str, Path] = {}
     for name, draw in plots.FIGURES.items():
+        buf = io.BytesIO()
         if name == "accuracy_robust.png":
-            path = draw(series, out / name, leaderboard={e.label: e.leaderboard for e in entries if e.leaderboard})
+            drawn = draw(series, buf, leaderboard={e.label: e.leaderboard for e in entries if e.leaderboard})
         else:
-            path = draw(series, out / name)
-        if path is not None:
-            figures[name] = path
+            drawn = draw(series, buf)
+        if drawn is not None:
+            files[name] = buf.getvalue()
 
     corr_rows = None
-    correlation_csv = None
     if against == "leaderboard":
         missing = [e.label for e in entries if not (e.leaderboard and _finite(e.leaderboard.get("robust_accuracy")))]
         if missing:
             notes.append("Not on the leaderboard (no robustbench:DATASET/THREAT/NAME source with a robust accuracy), "
                          "left out of the correlation: " + ", ".join(missing) + ".")
         corr_rows = correlation(entries, columns)
-        correlation_csv = _write_csv(out / "correlation.csv", ["key", "n", "spearman_rho", "p_value", "note"], corr_rows)
+        files["correlation.csv"] = _csv(["key", "n", "spearman_rho", "p_value", "note"],
+                                        corr_rows).encode("utf-8", "backslashreplace")
         by_label = {e.label: e for e in entries}
-        path = plots.plot_correlation(
-            series, out / "correlation.png", corr_rows,
+        buf = io.BytesIO()
+        drawn = plots.plot_correlation(
+            series, buf, corr_rows,
             values=lambda s, key: _or_nan(value(by_label[s.label], key)),
             robust=lambda s: _or_nan((by_label[s.label].leaderboard or {}).get("robust_accuracy")))
-        if path is not None:
-            figures["correlation.png"] = path
+        if drawn is not None:
+            files["correlation.png"] = buf.getvalue()
 
-    # a previous comparison in the same folder may have drawn figures this one has no data for
-    for stale in [*plots.FIGURES, "correlation.png", "correlation.csv"]:
-        if stale not in figures and (stale != "correlation.csv" or correlation_csv is None):
-            (out / stale).unlink(missing_ok=True)
-
+    figure_names = [n for n in files if n.endswith(".png")]
     unknown = [e.label for e in entries if e.eps is None]
     if unknown and len(unknown) < len(entries):
         notes.append("ε unknown (ordered after the others): " + ", ".join(unknown) + ".")
-    page = render_html(entries, header, rows, figures, corr_rows, notes)
-    html_path = out / "index.html"
-    atomic_write_text(html_path, page)
-    return Comparison(out=out, models=[e.label for e in entries], summary_csv=summary_csv, html=html_path,
-                      figures=figures, correlation_csv=correlation_csv, notes=notes)
+    files["index.html"] = render_html(entries, header, rows, {n: out / n for n in figure_names}, corr_rows,
+                                      notes).encode("utf-8", "backslashreplace")
+
+    # only armetrics' own files are replaced; stale ones of an earlier comparison are removed
+    known = ["summary.csv", "index.html", *plots.FIGURES, "correlation.png", "correlation.csv"]
+    manifest, stale = _plan_output(out, files, known)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ReportError(f"cannot create {one_line(str(out))} ({exc.strerror}): choose a writable --out directory") from None
+    page = files.pop("index.html")
+    text = json.dumps({"written_by": f"armetrics {__version__} compare", "files": manifest}, indent=1) + "\n"
+    atomic_write([*((out / n, data) for n, data in files.items()), (out / MANIFEST, text), (out / "index.html", page)])
+    for name in stale:
+        try:
+            (out / name).unlink()
+        except OSError:
+            pass
+    return Comparison(out=out, models=[e.label for e in entries], summary_csv=out / "summary.csv",
+                      html=out / "index.html", figures={n: out / n for n in figure_names},
+                      correlation_csv=out / "correlation.csv" if "correlation.csv" in files else None, notes=notes)
 
 
 # --------------------------------------------------------------------------- html
@@ -401,20 +517,21 @@ code{font-size:0.9em}
 
 
 def _fmt(v: Any) -> str:
+    """A table cell of the page, HTML-escaped."""
     if v is None or (isinstance(v, float) and not math.isfinite(v)):
         return "–"
     if isinstance(v, float):
         if v == 0:
             return "0"
         return f"{v:.4g}" if 1e-3 <= abs(v) < 1e5 else f"{v:.3e}"
-    return str(v)
+    return html.escape(str(v))
 
 
 def _eps_text(eps: float | None) -> str:
-    if eps is None:
+    if eps is None or not math.isfinite(eps):
         return "–"
     k = eps * 255
-    if abs(k - round(k)) < 1e-6:
+    if math.isfinite(k) and abs(k - round(k)) < 1e-6:
         return f"{round(k)}/255"
     return f"{eps:g}"
 
@@ -444,7 +561,7 @@ def render_html(entries: Sequence[Entry], header: Sequence[str], rows: Sequence[
         parts.append(
             f"<tr><td class=\"k\"><span class=\"swatch\" style=\"background:{hx}\"></span>{esc(e.label)}</td>"
             f"<td class=\"k\"><code>{esc(str(row['source']))}</code></td><td><code>{esc(str(row['sha256'] or '–'))}</code></td>"
-            f"<td>{_eps_text(e.eps)}</td><td class=\"k\">{esc(e.eps_from or '–')}</td>"
+            f"<td>{esc(_eps_text(e.eps))}</td><td class=\"k\">{esc(e.eps_from or '–')}</td>"
             f"<td class=\"k\">{esc(str(row['data_source'] or '–'))}</td><td>{_fmt(row['data_n'])}</td>"
             f"<td>{_fmt(row['data_seed'])}</td><td class=\"k\">{esc(e.data_note)}</td></tr>")
     parts.append("</table></div>")
@@ -495,7 +612,7 @@ def render_html(entries: Sequence[Entry], header: Sequence[str], rows: Sequence[
                      "<div class=\"scroll\"><table><tr><th class=\"k\">key</th><th>n</th><th>Spearman ρ</th>"
                      "<th>p-value</th><th class=\"k\">note</th></tr>")
         for r in corr_rows:
-            parts.append(f"<tr><td class=\"k\">{esc(r['key'])}</td><td>{r['n']}</td><td>{_fmt(r['spearman_rho'])}</td>"
+            parts.append(f"<tr><td class=\"k\">{esc(r['key'])}</td><td>{_fmt(r['n'])}</td><td>{_fmt(r['spearman_rho'])}</td>"
                          f"<td>{_fmt(r['p_value'])}</td><td class=\"k\">{esc(r['note'])}</td></tr>")
         parts.append("</table></div>")
     parts.append("</body></html>\n")

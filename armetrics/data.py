@@ -5,27 +5,70 @@ the package; the default), an ImageFolder directory (``DIR/<class>/<image>``, cl
 in sorted order), a ``cifar-10-batches-py`` directory (its ``test_batch``), or an
 ``.npz`` with ``x`` (uint8 NHWC, or float NCHW in [0, 1]) and ``y``.
 
-Images stay compact (uint8 arrays or file paths) and are decoded batch by batch, so
-memory does not grow with the data beyond the source itself.
+Every source may come from the internet (docs/data.md): special files (FIFOs, devices,
+sockets) are refused before they are opened; sizes a file declares are checked against
+what it can hold before anything is allocated; an ``.npz`` is read selectively — its
+labels first, then only the rows of ``x`` the seeded selection picked, streamed from a
+compressed member in bounded chunks — so memory follows ``-n``, not the file; image
+headers are read before any pixel is decoded and images over :data:`MAX_IMAGE_PIXELS`
+are refused. Images stay compact (uint8 arrays or file paths) and are decoded batch by
+batch. :meth:`Data.fingerprint` identifies the content of a selection.
 """
 
 from __future__ import annotations
 
+import collections
+import contextlib
+import hashlib
+import io
+import json
 import math
+import os
 import pickle
+import re
+import struct
+import warnings
+import zipfile
 from dataclasses import asdict, dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Iterator, NamedTuple, Sequence
 
 import numpy as np
 import torch
 
-from .errors import DataError
+from . import checks
+from .errors import ConfigError, DataError, first_line, one_line
+from .safeio import kind_of, read_bytes, read_error, regular_file
 
 DEFAULT_SOURCE = "cifar10-sample"
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".ppm", ".tif", ".tiff")
+#: The PIL formats those extensions name; a file whose content is another format (EPS,
+#: which PIL renders with Ghostscript, PSD, ...) is refused, whatever its extension.
+IMAGE_FORMATS = ("PNG", "JPEG", "BMP", "WEBP", "PPM", "TIFF")
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+
+#: Largest image decoded, in pixels (width x height), from files and from arrays.
+MAX_IMAGE_PIXELS = 64_000_000
+#: Largest number of values one image (a row of an .npz ``x``) may hold: 64 MP x 4 channels.
+MAX_IMAGE_VALUES = 4 * MAX_IMAGE_PIXELS
+#: Most images one source may hold (the seeded selection permutes all of them).
+MAX_IMAGES = 10_000_000
+#: Labels must be below this (``0..MAX_CLASSES-1``).
+MAX_CLASSES = 1_000_000
+#: Deflate cannot expand data more than ~1032x; a member declaring more is corrupt or a bomb.
+MAX_DEFLATE_RATIO = 1032
+#: Largest CIFAR batch file read (a real one is 31 MB).
+CIFAR_BATCH_LIMIT = 1 << 30
+#: Largest ``classes`` array read from an .npz.
+MAX_CLASSES_BYTES = 64 << 20
+#: Bytes decompressed or read at a time while streaming an .npz member.
+CHUNK_BYTES = 4 << 20
+
+
+def _error(message: str) -> DataError:
+    """A DataError whose message stays one line (file names may hold newlines)."""
+    return DataError(one_line(message))
 
 
 @dataclass
@@ -46,17 +89,22 @@ class Data:
     """A fixed, seeded selection of labelled images, iterated in batches.
 
     ``get(indices)`` returns float32 NCHW in [0, 1] for positions into the *source*;
-    ``order`` is the selection (which images, in which order).
+    ``order`` is the selection (which images, in which order). ``content`` identifies
+    the source's content for :meth:`fingerprint`: a string, or a callable returning one
+    (computed on first use).
     """
 
     def __init__(self, source: str, labels: np.ndarray, get: Callable[[np.ndarray], np.ndarray],
-                 num_classes: int, classes: Sequence[str], order: np.ndarray, batch_size: int, seed: int | None):
+                 num_classes: int, classes: Sequence[str], order: np.ndarray, batch_size: int, seed: int | None,
+                 content: "str | Callable[[], str] | None" = None):
         self.source = source
         self._labels = labels
         self._get = get
         self.order = order
         self.batch_size = batch_size
         self.info = DataInfo(source, len(order), seed, num_classes, list(classes))
+        self._content = content
+        self._fingerprint: str | None = None
 
     @property
     def n(self) -> int:
@@ -84,57 +132,399 @@ class Data:
     def sample_shape(self) -> tuple[int, ...]:
         return tuple(self._get(self.order[:1]).shape[1:])
 
+    def fingerprint(self) -> str:
+        """SHA-256 (hex) of the *content* of this selection: the source's bytes (the .npz
+        file, the CIFAR batch) or the bytes of the selected image files, with the labels,
+        the class names and the selection order. Another file at the same path gives
+        another fingerprint; the same content anywhere gives the same one."""
+        if self._fingerprint is None:
+            content = self._content() if callable(self._content) else self._content
+            if content is None:  # a Data built by hand: hash what it yields
+                h = hashlib.sha256()
+                for lo in range(0, self.n, self.batch_size):
+                    h.update(np.ascontiguousarray(self._get(self.order[lo:lo + self.batch_size]), np.float32).tobytes())
+                content = "decoded:" + h.hexdigest()
+            h = hashlib.sha256(b"armetrics.data.fingerprint/1\n")
+            h.update(content.encode() + b"\n")
+            h.update(json.dumps({"num_classes": self.num_classes, "classes": self.info.classes},
+                                sort_keys=True).encode() + b"\n")
+            order = np.asarray(self.order, dtype=np.int64)
+            h.update(order.astype("<i8").tobytes())
+            h.update(np.asarray(self._labels[order], dtype="<i8").tobytes())
+            self._fingerprint = h.hexdigest()
+        return self._fingerprint
+
+
+def _selection(count: int, n: int | None, seed: int | None) -> np.ndarray:
+    """Which images, in which order: a seeded permutation of ``count`` (or the source's
+    order for ``seed=None``), cut to ``n``."""
+    order = np.arange(count) if seed is None else np.random.default_rng(seed).permutation(count)
+    return order if n is None else order[:n]
+
+
+def _file_digest(path: Path, st: os.stat_result | None = None, what: str = "data file") -> str:
+    """SHA-256 hex of a file's bytes, streamed; ``st``: the file must still be the one stat'ed then."""
+    now = regular_file(path, what, DataError)
+    if st is not None and (now.st_dev, now.st_ino, now.st_size, now.st_mtime_ns) != \
+            (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns):
+        raise _error(f"{what} {path} changed since it was loaded: load the data again")
+    h = hashlib.sha256()
+    try:
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+    except OSError as exc:
+        raise read_error(path, exc, what, DataError) from None
+    return h.hexdigest()
+
 
 # ------------------------------------------------------------------------- array sources
-def _array_getter(x: np.ndarray, source: str) -> Callable[[np.ndarray], np.ndarray]:
+def _array_getter(x: np.ndarray, source: str, rows: np.ndarray | None = None) -> Callable[[np.ndarray], np.ndarray]:
+    """``get`` over ``x``; ``rows``: the sorted source positions ``x`` holds (None: all)."""
     if x.ndim != 4:
-        raise DataError(f"{source}: x must be 4-D (N,H,W,C uint8 or N,C,H,W float), got shape {x.shape}")
+        raise _error(f"{source}: x must be 4-D (N,H,W,C uint8 or N,C,H,W float), got shape {x.shape}")
+
+    def pick(idx: np.ndarray) -> np.ndarray:
+        if rows is None:
+            return idx
+        pos = np.searchsorted(rows, idx)
+        if len(idx) and (pos.max() >= len(rows) or np.any(rows[pos] != idx)):
+            raise _error(f"{source}: image index outside the loaded selection: load the data again with this selection")
+        return pos
+
     if x.dtype == np.uint8:
         if x.shape[-1] not in (1, 3, 4) and x.shape[1] in (1, 3, 4):
-            return lambda idx: x[idx].astype(np.float32) / 255.0  # uint8 NCHW
-        return lambda idx: x[idx].transpose(0, 3, 1, 2).astype(np.float32) / 255.0
+            return lambda idx: x[pick(idx)].astype(np.float32) / 255.0  # uint8 NCHW
+        return lambda idx: x[pick(idx)].transpose(0, 3, 1, 2).astype(np.float32) / 255.0
     if np.issubdtype(x.dtype, np.floating):
-        lo, hi = float(np.nanmin(x)), float(np.nanmax(x))
-        if not (np.isfinite(lo) and np.isfinite(hi)) or lo < -1e-6 or hi > 1 + 1e-6:
-            raise DataError(f"{source}: float images must lie in [0, 1], found [{lo:.3g}, {hi:.3g}]: scale them to [0, 1]")
-        return lambda idx: x[idx].astype(np.float32)
-    raise DataError(f"{source}: x has dtype {x.dtype}: use uint8 (0-255) or float in [0, 1]")
+        if x.size:
+            lo, hi = float(np.min(x)), float(np.max(x))  # NaN propagates: NaN images are refused
+            if not (math.isfinite(lo) and math.isfinite(hi)) or lo < -1e-6 or hi > 1 + 1e-6:
+                raise _error(f"{source}: float images must lie in [0, 1], found [{lo:.3g}, {hi:.3g}]: scale them to [0, 1]")
+        return lambda idx: x[pick(idx)].astype(np.float32)
+    raise _error(f"{source}: x has dtype {x.dtype}: use uint8 (0-255) or float in [0, 1]")
 
 
 def _check_labels(y: np.ndarray, source: str, num_classes: int | None = None) -> np.ndarray:
     y = np.asarray(y)
     if y.ndim != 1:
-        raise DataError(f"{source}: labels must be 1-D, got shape {y.shape}")
-    if y.size and (not np.issubdtype(y.dtype, np.integer)):
-        if np.issubdtype(y.dtype, np.floating) and np.all(np.isfinite(y)) and np.all(y == np.round(y)):
-            y = y.astype(np.int64)
-        else:
-            raise DataError(f"{source}: labels must be integers, got dtype {y.dtype}")
-    if y.size and y.min() < 0:
-        raise DataError(f"{source}: labels out of range (found {int(y.min())}): labels must be 0..K-1")
-    if num_classes is not None and y.size and y.max() >= num_classes:
-        raise DataError(f"{source}: label {int(y.max())} out of range for {num_classes} classes: labels must be 0..{num_classes - 1}")
+        raise _error(f"{source}: labels must be 1-D, got shape {y.shape}")
+    if y.dtype.kind not in "iuf":
+        raise _error(f"{source}: labels must be integers, got dtype {y.dtype}")
+    if y.size:
+        if y.dtype.kind == "f" and not (np.all(np.isfinite(y)) and np.all(y == np.round(y))):
+            raise _error(f"{source}: labels must be integers, got dtype {y.dtype}")
+        lo, hi = y.min(), y.max()
+        if lo < 0:
+            raise _error(f"{source}: labels out of range (found {int(lo)}): labels must be 0..K-1")
+        if num_classes is not None and hi >= num_classes:
+            raise _error(f"{source}: label {int(hi)} out of range for {num_classes} classes: labels must be 0..{num_classes - 1}")
+        if hi >= MAX_CLASSES:
+            raise _error(f"{source}: label {int(hi)} is out of range: labels must be 0..K-1 with at most "
+                         f"{MAX_CLASSES:,} classes")
     return y.astype(np.int64)
 
 
-def _from_npz(path: Path) -> tuple:
-    try:
-        with np.load(path, allow_pickle=False) as f:
-            if "x" not in f or "y" not in f:
-                raise DataError(f"{path}: an .npz data file needs arrays 'x' and 'y' (found {', '.join(f.files) or 'none'})")
-            x, y = f["x"], f["y"]
-            classes = [str(c) for c in f["classes"]] if "classes" in f else []
-    except DataError:
-        raise
-    except Exception as exc:
-        raise DataError(f"{path} is not a readable .npz file ({str(exc).splitlines()[0][:120]}): save it again with numpy.savez") from None
-    if len(x) != len(y):
-        raise DataError(f"{path}: x has {len(x)} images but y has {len(y)} labels")
-    y = _check_labels(y, str(path), len(classes) or None)
-    num_classes = len(classes) or (int(y.max()) + 1 if y.size else 0)
-    return x, y, num_classes, classes
+def _nbytes(count: int) -> str:
+    for unit, size in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if count >= size:
+            return f"{count / size:.1f} {unit}"
+    return f"{count} bytes"
 
 
+class _Member(NamedTuple):
+    """The ``.npy`` header of one member of an .npz."""
+
+    key: str
+    info: zipfile.ZipInfo
+    shape: tuple[int, ...]
+    fortran: bool
+    dtype: np.dtype
+    offset: int  # bytes of .npy header before the data
+    nbytes: int
+
+
+class _Short(Exception):
+    """A member's data ended before the size its header declares."""
+
+
+def _read_npy_header(f) -> tuple:
+    from numpy.lib import format as npformat
+
+    version = npformat.read_magic(f)
+    readers = {(1, 0): npformat.read_array_header_1_0, (2, 0): npformat.read_array_header_2_0}
+    if version in readers:
+        return readers[version](f)
+    try:  # (3, 0): utf-8 field names; numpy has no public reader for it
+        from numpy.lib._format_impl import _read_array_header
+    except ImportError:  # pragma: no cover - older numpy
+        from numpy.lib.format import _read_array_header  # type: ignore[attr-defined,no-redef]
+    return _read_array_header(f, version)
+
+
+class _Npz:
+    """An .npz opened without trusting it: headers first, then only the bytes needed."""
+
+    def __init__(self, path: Path, st: os.stat_result):
+        self.path, self.size = path, st.st_size
+        try:
+            self.fh = open(path, "rb")
+        except OSError as exc:
+            raise read_error(path, exc, "data file", DataError) from None
+        try:
+            self.zf = zipfile.ZipFile(self.fh)
+            self.members = {}
+            for info in self.zf.infolist():
+                key = info.filename[:-4] if info.filename.endswith(".npy") else info.filename
+                self.members[key] = info
+        except Exception as exc:
+            self.fh.close()
+            raise self.corrupt(exc) from None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        with contextlib.suppress(Exception):
+            self.zf.close()
+        self.fh.close()
+
+    def corrupt(self, exc: BaseException, key: str | None = None) -> DataError:
+        where = f", member {key}" if key else ""
+        return _error(f"{self.path} is not a readable .npz file{where} ({first_line(exc, 120)}): save it again with numpy.savez")
+
+    def header(self, key: str, check: Callable[[_Member], None] | None = None) -> _Member:
+        """The member's .npy header, checked (``check``: more checks on the header, run
+        before the declared size is compared with what the member holds)."""
+        info = self.members[key]
+        p = f"{self.path}: {key}"
+        if info.flag_bits & 0x1:
+            raise _error(f"{p} is encrypted: save the arrays again with numpy.savez")
+        if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
+            raise _error(f"{p} is compressed with zip method {info.compress_type}, not stored or deflate as numpy "
+                         f"writes them: save it again with numpy.savez or numpy.savez_compressed")
+        if info.compress_size > self.size:
+            raise _error(f"{p} declares {_nbytes(info.compress_size)} of data but the file has {_nbytes(self.size)}: "
+                         f"the file is truncated or corrupt: download or save it again")
+        if info.compress_type == zipfile.ZIP_STORED and info.file_size != info.compress_size:
+            raise _error(f"{p} is stored uncompressed but declares {info.file_size} bytes in {info.compress_size}: "
+                         f"the file is corrupt: save it again")
+        if info.compress_type == zipfile.ZIP_DEFLATED and info.file_size > MAX_DEFLATE_RATIO * info.compress_size + 1024:
+            raise _error(f"{p} declares {_nbytes(info.file_size)} uncompressed from {_nbytes(info.compress_size)}, "
+                         f"more than deflate can expand (about {MAX_DEFLATE_RATIO}x): the file is corrupt or a "
+                         f"decompression bomb: check where it came from")
+        try:
+            with self.zf.open(info) as f:
+                shape, fortran, dtype = _read_npy_header(f)
+                offset = f.tell()
+        except Exception as exc:
+            raise self.corrupt(exc, key) from None
+        if len(shape) > 32 or any(d < 0 or d > 1 << 62 for d in shape):
+            raise _error(f"{p} declares an impossible shape ({len(shape)} dimensions"
+                         f"{', one negative or above 2**62' if len(shape) <= 32 else ''}): the file is corrupt: save it again")
+        if dtype.hasobject:
+            raise _error(f"{p} holds Python objects (dtype {str(dtype)[:80]}), which armetrics never unpickles: "
+                         f"save plain numeric arrays (numpy.savez with allow_pickle=False)")
+        if dtype.names is not None or dtype.subdtype is not None:
+            raise _error(f"{p} has the structured dtype {str(dtype)[:80]}: save plain numeric arrays")
+        nbytes = math.prod(shape) * dtype.itemsize
+        m = _Member(key, info, tuple(shape), bool(fortran), dtype, offset, nbytes)
+        if check is not None:
+            check(m)
+        if offset + nbytes > info.file_size:
+            raise _error(f"{p} declares shape {shape} ({_nbytes(nbytes)}) but its member holds "
+                         f"{_nbytes(max(info.file_size - offset, 0))}: the file is truncated or corrupt "
+                         f"(or a decompression bomb): save it again")
+        return m
+
+    # -- reading
+    def _data_start(self, info: zipfile.ZipInfo) -> int:
+        """Offset of a stored member's bytes in the file (after its local header)."""
+        self.fh.seek(info.header_offset)
+        head = self.fh.read(30)
+        if len(head) != 30 or head[:4] != b"PK\x03\x04":
+            raise zipfile.BadZipFile("bad local file header")
+        name_len, extra_len = struct.unpack("<HH", head[26:30])
+        start = info.header_offset + 30 + name_len + extra_len
+        if start + info.compress_size > self.size:
+            raise _Short()
+        return start
+
+    @contextlib.contextmanager
+    def _reader(self, m: _Member, seek: bool = False):
+        """(read(n) -> bytes, skip(n)) positioned at the member's first data byte; ``seek``:
+        a stored member is read by offset in the file (skips cost nothing, no CRC check),
+        otherwise through zipfile (which checks the CRC once the member is read to its end)."""
+        if seek and m.info.compress_type == zipfile.ZIP_STORED:
+            pos = [self._data_start(m.info) + m.offset]
+            fh = self.fh
+
+            def read(count: int) -> bytes:
+                fh.seek(pos[0])
+                data = fh.read(count)
+                pos[0] += len(data)
+                return data
+
+            def skip(count: int) -> None:
+                pos[0] += count
+
+            yield read, skip
+            return
+        with self.zf.open(m.info) as f:
+            if len(f.read(m.offset)) != m.offset:
+                raise _Short()
+
+            def skip(count: int) -> None:
+                while count > 0:
+                    got = len(f.read(min(CHUNK_BYTES, count)))
+                    if not got:
+                        raise _Short()
+                    count -= got
+
+            yield f.read, skip
+
+    @staticmethod
+    def _fill(read, out: np.ndarray) -> None:
+        """Fill the uint8 vector ``out`` from ``read`` in chunks."""
+        pos, total = 0, out.size
+        while pos < total:
+            data = read(min(CHUNK_BYTES, total - pos))
+            if not data:
+                raise _Short()
+            out[pos:pos + len(data)] = np.frombuffer(data, np.uint8)
+            pos += len(data)
+
+    def _guard(self, m: _Member, work: Callable[[], np.ndarray]) -> np.ndarray:
+        try:
+            return work()
+        except DataError:
+            raise
+        except _Short:
+            raise _error(f"{self.path}: {m.key} is truncated: its header declares shape {m.shape} "
+                         f"({_nbytes(m.nbytes)}) but the data ends early: save it again") from None
+        except MemoryError:
+            raise _error(f"{self.path}: not enough memory to read {m.key}: select fewer images (-n)") from None
+        except Exception as exc:
+            raise self.corrupt(exc, m.key) from None
+
+    def read(self, m: _Member) -> np.ndarray:
+        """The whole array of a member (after :meth:`header` checked its size)."""
+        def work() -> np.ndarray:
+            if m.nbytes == 0:
+                return np.zeros(m.shape, m.dtype)
+            out = np.empty(m.nbytes, np.uint8)
+            with self._reader(m) as (read, _):
+                self._fill(read, out)
+            return out.view(m.dtype).reshape(m.shape, order="F" if m.fortran else "C")
+        return self._guard(m, work)
+
+    def read_rows(self, m: _Member, rows: np.ndarray) -> np.ndarray:
+        """Rows ``rows`` (sorted, unique) of a member, never holding more than those rows
+        plus one chunk: seeks in a stored member, streams a deflated one."""
+        def work() -> np.ndarray:
+            n_rows, per = m.shape[0], math.prod(m.shape[1:])
+            row_bytes = per * m.dtype.itemsize
+            out = np.empty(len(rows) * row_bytes, np.uint8)
+            with self._reader(m, seek=not m.fortran) as (read, skip):
+                if not m.fortran:
+                    pos = done = 0
+                    for a, b in _runs(rows):
+                        skip((a - pos) * row_bytes)
+                        self._fill(read, out[done * row_bytes:(done + b - a) * row_bytes])
+                        done, pos = done + b - a, b
+                else:  # column-major: element e belongs to row e % N; keep the selected ones
+                    keep = np.zeros(n_rows, bool)
+                    keep[rows] = True
+                    size = m.dtype.itemsize
+                    step = max(1, (1 << 20) // size)
+                    total, e, filled = n_rows * per, 0, 0
+                    while e < total:
+                        count = min(step, total - e)
+                        buf = np.empty(count * size, np.uint8)
+                        self._fill(read, buf)
+                        kept = buf.reshape(count, size)[keep[np.arange(e, e + count) % n_rows]].reshape(-1)
+                        out[filled:filled + kept.size] = kept
+                        filled += kept.size
+                        e += count
+            return out.view(m.dtype).reshape((len(rows),) + m.shape[1:], order="F" if m.fortran else "C")
+        return self._guard(m, work)
+
+
+def _runs(rows: np.ndarray) -> Iterator[tuple[int, int]]:
+    """Runs of consecutive values in sorted ``rows`` as half-open ``(start, stop)``."""
+    if not len(rows):
+        return
+    breaks = np.flatnonzero(np.diff(rows) != 1) + 1
+    starts, stops = np.r_[0, breaks], np.r_[breaks, len(rows)]
+    for s, e in zip(starts, stops):
+        yield int(rows[s]), int(rows[e - 1]) + 1
+
+
+def _check_x_header(m: _Member, source: str) -> None:
+    if len(m.shape) != 4:
+        raise _error(f"{source}: x must be 4-D (N,H,W,C uint8 or N,C,H,W float), got shape {m.shape}")
+    if m.dtype != np.uint8 and m.dtype.kind != "f":
+        raise _error(f"{source}: x has dtype {m.dtype}: use uint8 (0-255) or float in [0, 1]")
+    per = math.prod(m.shape[1:])
+    if m.shape[0] and per == 0:
+        raise _error(f"{source}: x holds images of shape {m.shape[1:]}, with no pixels: save real images")
+    if per > MAX_IMAGE_VALUES:
+        raise _error(f"{source}: x holds images of shape {m.shape[1:]} ({per:,} values each), more than the "
+                     f"{MAX_IMAGE_VALUES:,} ({MAX_IMAGE_PIXELS // 1_000_000} MP x 4 channels) armetrics reads: "
+                     f"resize the images")
+    if m.shape[0] > MAX_IMAGES:
+        raise _error(f"{source}: x declares {m.shape[0]:,} images, more than the {MAX_IMAGES:,} armetrics reads "
+                     f"from one source: split the data")
+
+
+def _check_y_header(m: _Member, source: str) -> None:
+    if len(m.shape) != 1:
+        raise _error(f"{source}: labels must be 1-D, got shape {m.shape}")
+    if m.dtype.kind not in "iuf":
+        raise _error(f"{source}: labels must be integers, got dtype {m.dtype}")
+    if m.shape[0] > MAX_IMAGES:
+        raise _error(f"{source}: y declares {m.shape[0]:,} labels, more than the {MAX_IMAGES:,} images armetrics "
+                     f"reads from one source: split the data")
+
+
+def _load_npz(path: Path, name: str, n: int | None, seed: int | None, batch_size: int, packaged: bool = False) -> Data:
+    st = regular_file(path, "data file", DataError)
+    path = Path(os.path.abspath(path))
+    if st.st_size == 0:
+        raise _error(f"data file {path} is empty (0 bytes): download or save it again")
+    with _Npz(path, st) as z:
+        if "x" not in z.members or "y" not in z.members:
+            found = ", ".join(sorted(z.members)[:10]) + (", ..." if len(z.members) > 10 else "")
+            raise _error(f"{path}: an .npz data file needs arrays 'x' and 'y' (found {found or 'none'})")
+        hx = z.header("x", lambda m: _check_x_header(m, name))
+        hy = z.header("y", lambda m: _check_y_header(m, str(path)))
+        if hx.shape[0] != hy.shape[0]:
+            raise _error(f"{path}: x has {hx.shape[0]} images but y has {hy.shape[0]} labels")
+        classes: list[str] = []
+        if "classes" in z.members:
+            def check_classes(m: _Member) -> None:
+                if len(m.shape) != 1 or m.dtype.kind not in "US" or m.nbytes > MAX_CLASSES_BYTES \
+                        or m.shape[0] > MAX_CLASSES:
+                    raise _error(f"{path}: classes must be a 1-D array of at most {MAX_CLASSES:,} class names "
+                                 f"(strings), got dtype {m.dtype} and shape {m.shape}")
+
+            hc = z.header("classes", check_classes)
+            classes = [c.decode("utf-8", "replace") if isinstance(c, bytes) else str(c) for c in z.read(hc).tolist()]
+        y = _check_labels(z.read(hy), str(path), len(classes) or None)
+        if len(y) == 0:
+            raise _error(f"data source {name} holds no images")
+        order = _selection(len(y), n, seed)
+        rows = np.unique(order)
+        everything = len(rows) == len(y)
+        x = z.read(hx) if everything else z.read_rows(hx, rows)
+    get = _array_getter(x, name, None if everything else rows)
+    content: "str | Callable[[], str]" = ("npz:" + _file_digest(path, st)) if packaged else (
+        lambda: "npz:" + _file_digest(path, st))
+    num_classes = len(classes) or int(y.max()) + 1
+    return Data(name, y, get, num_classes, classes, order, batch_size, seed, content=content)
+
+
+# -------------------------------------------------------------------------- CIFAR batches
 class _SafeUnpickler(pickle.Unpickler):
     """Unpickles CIFAR's python batches: numpy arrays, lists, dicts, bytes; nothing else."""
 
@@ -148,94 +538,251 @@ class _SafeUnpickler(pickle.Unpickler):
         raise pickle.UnpicklingError(f"refusing to unpickle {module}.{name}")
 
 
-def _from_cifar_batches(path: Path) -> tuple:
+def _load_cifar(path: Path, name: str, n: int | None, seed: int | None, batch_size: int) -> Data:
     batch = path / "test_batch"
-    if not batch.is_file():
-        raise DataError(f"{path} has no test_batch: point --data at the extracted cifar-10-batches-py directory")
+    if not os.path.lexists(batch):
+        raise _error(f"{path} has no test_batch: point --data at the extracted cifar-10-batches-py directory")
+    if regular_file(batch, "CIFAR-10 batch", DataError).st_size == 0:  # also /proc files, never opened
+        raise _error(f"CIFAR-10 batch {batch} is empty (0 bytes): extract the archive again")
+    raw = read_bytes(batch, "CIFAR-10 batch", DataError, limit=CIFAR_BATCH_LIMIT)
+    bad = f"{batch} is not a readable CIFAR-10 batch"
     try:
-        with open(batch, "rb") as f:
-            d = _SafeUnpickler(f, encoding="bytes").load()
-        data = np.asarray(d[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
-        y = np.asarray(d[b"labels"])
+        d = _SafeUnpickler(io.BytesIO(raw), encoding="bytes").load()
     except Exception as exc:
-        raise DataError(f"{batch} is not a readable CIFAR-10 batch ({exc}): extract the archive again") from None
-    return data, _check_labels(y, str(batch), 10), 10, list(CIFAR10_CLASSES)
+        raise _error(f"{bad} ({first_line(exc)}): extract the archive again") from None
+    content = "cifar:" + hashlib.sha256(raw).hexdigest()
+    file_size = len(raw)
+    del raw
+    if not isinstance(d, dict):
+        raise _error(f"{bad} (it holds a {type(d).__name__}, not a dict): extract the archive again")
+    data = d.get(b"data", d.get("data"))
+    labels = d.get(b"labels", d.get("labels"))
+    if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.size % 3072 or not data.size:
+        what = f"a {data.dtype} array of shape {data.shape}" if isinstance(data, np.ndarray) else type(data).__name__
+        raise _error(f"{bad} (its data is {what}, not uint8 rows of 3x32x32 pixels): extract the archive again")
+    if data.nbytes > file_size:  # an array built without its bytes (numpy's _reconstruct alone)
+        raise _error(f"{bad} (its data declares {_nbytes(data.nbytes)}, more than the file holds): extract the archive again")
+    count = data.size // 3072
+    if isinstance(labels, np.ndarray):
+        labels_count = labels.shape[0] if labels.ndim else 1
+    elif isinstance(labels, list):
+        labels_count = len(labels)
+    else:
+        raise _error(f"{bad} (its labels are {type(labels).__name__}, not a list of integers): extract the archive again")
+    if labels_count != count:
+        raise _error(f"{batch} holds {count} images but {labels_count} labels: extract the archive again")
+    if isinstance(labels, list) and not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in labels):
+        raise _error(f"{bad} (its labels are not all integers): extract the archive again")
+    y = _check_labels(np.asarray(labels), str(batch), 10)
+    x = data.reshape(-1, 3, 32, 32)
+    return Data(name, y, _array_getter(x, name), 10, list(CIFAR10_CLASSES), _selection(len(y), n, seed),
+                batch_size, seed, content=content)
 
 
-def _from_image_folder(path: Path) -> tuple:
-    class_dirs = sorted(p for p in path.iterdir() if p.is_dir() and not p.name.startswith("."))
+# --------------------------------------------------------------------------- ImageFolder
+def _pil():
+    from PIL import Image
+
+    return Image
+
+
+def _list_image_folder(path: Path) -> tuple[list[Path], list[int], list[str]]:
+    try:
+        class_dirs = sorted(p for p in path.iterdir() if p.is_dir() and not p.name.startswith("."))
+    except OSError as exc:
+        raise read_error(path, exc, "data directory", DataError) from None
     files: list[Path] = []
     labels: list[int] = []
+    empty: list[Path] = []
     for c, d in enumerate(class_dirs):
-        for f in sorted(d.rglob("*")):
-            if f.suffix.lower() in IMAGE_EXTENSIONS and f.is_file():
-                files.append(f)
-                labels.append(c)
+        found = 0
+        try:
+            entries = sorted(d.rglob("*"))
+        except OSError as exc:
+            raise read_error(d, exc, "class folder", DataError) from None
+        except RecursionError:
+            raise _error(f"class folder {d} is nested too deeply to list: flatten it to DIR/<class>/<image>") from None
+        for f in entries:
+            if f.suffix.lower() not in IMAGE_EXTENSIONS:
+                continue
+            try:
+                st = f.stat()
+            except OSError as exc:  # a dangling link, a name too long, ...
+                raise _error(f"cannot access image {f} ({exc.strerror or first_line(exc)}): remove it or fix the link") from None
+            kind = kind_of(st.st_mode)
+            if kind == "a directory":
+                continue
+            if kind is not None:
+                raise _error(f"image {f} is {kind}, not a regular file: remove it")
+            files.append(f)
+            labels.append(c)
+            found += 1
+            if len(files) > MAX_IMAGES:
+                raise _error(f"{path} holds more than {MAX_IMAGES:,} images, the most armetrics reads from one "
+                             f"source: split the data")
+        if not found:
+            empty.append(d)
     if not files:
-        raise DataError(
+        raise _error(
             f"{path} contains no images in class folders ({', '.join(IMAGE_EXTENSIONS[:3])}, ...): "
             f"arrange them as DIR/<class>/<image>"
         )
-    shape: list = []
+    if empty:
+        more = f" (and {len(empty) - 1} more)" if len(empty) > 1 else ""
+        raise _error(f"class folder {empty[0]}{more} holds no images: add images or remove the folder "
+                     f"(an empty class would still take a class index)")
+    return files, labels, [d.name for d in class_dirs]
+
+
+def _too_big(f: Path, w: int, h: int) -> DataError:
+    return _error(f"image {f} is {w}x{h} ({w * h / 1e6:.1f} MP), more than the {MAX_IMAGE_PIXELS / 1e6:.0f} MP "
+                  f"armetrics decodes: resize it to the input size of the model or remove it")
+
+
+@contextlib.contextmanager
+def _open_image(f: Path, cap: bool = True):
+    """A PIL image with its header read and nothing decoded: a regular, non-empty file of
+    one of :data:`IMAGE_FORMATS`, at most :data:`MAX_IMAGE_PIXELS` (with ``cap``)."""
+    st = regular_file(f, "image", DataError)
+    if st.st_size == 0:
+        raise _error(f"image {f} is empty (0 bytes): remove or replace it")
+    Image = _pil()
+    try:
+        fh = open(f, "rb")
+    except OSError as exc:
+        raise read_error(f, exc, "image", DataError) from None
+    with fh:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                im = Image.open(fh, formats=IMAGE_FORMATS)
+        except Image.DecompressionBombError as exc:
+            found = re.search(r"\((\d+) pixels\)", str(exc))
+            size = f"{int(found.group(1)) / 1e6:.1f} MP" if found else "larger than PIL's decompression-bomb limit"
+            raise _error(f"image {f} is {size}, more than the {MAX_IMAGE_PIXELS / 1e6:.0f} MP armetrics decodes: "
+                         f"resize it to the input size of the model or remove it") from None
+        except Exception as exc:
+            raise _undecodable(f, exc) from None
+        with im:
+            w, h = im.size
+            if cap and w * h > MAX_IMAGE_PIXELS:
+                raise _too_big(f, w, h)
+            yield im
+
+
+def _undecodable(f: Path, exc: BaseException) -> DataError:
+    if type(exc).__name__ == "UnidentifiedImageError":
+        reason = "not a " + ", ".join(IMAGE_FORMATS[:-1]).replace("WEBP", "WebP") + f" or {IMAGE_FORMATS[-1]} image"
+    else:
+        reason = first_line(exc) if str(exc).strip() else type(exc).__name__
+    return _error(f"cannot decode image {f} ({reason}): remove or replace it")
+
+
+def _image_size(f: Path) -> tuple[int, int]:
+    with _open_image(f, cap=False) as im:
+        return tuple(im.size)
+
+
+def _decode_image(f: Path, size: tuple[int, int]) -> np.ndarray:
+    with _open_image(f) as im:
+        if tuple(im.size) != size:
+            raise _error(f"image {f} is now {im.size[0]}x{im.size[1]}, not the {size[0]}x{size[1]} it was when the "
+                         f"data was loaded: load the data again")
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", _pil().DecompressionBombWarning)
+                return np.asarray(im.convert("RGB"), dtype=np.uint8)
+        except Exception as exc:
+            raise _undecodable(f, exc) from None
+
+
+def _common_size(path: Path, files: list[Path], sizes: dict[int, tuple[int, int]]) -> tuple[int, int]:
+    """The size the selected images share; the odd ones are named."""
+    (common, count), = collections.Counter(sizes.values()).most_common(1)
+    odd = [i for i, s in sizes.items() if s != common]
+    if odd:
+        w, h = sizes[odd[0]]
+        more = f" (and {len(odd) - 1} more images of other sizes)" if len(odd) > 1 else ""
+        them = "them" if len(odd) > 1 else "it"
+        are = "is" if count == 1 else "are"
+        raise _error(f"image {files[odd[0]]} is {w}x{h}{more} but {count} of the {len(sizes)} selected images {are} "
+                     f"{common[0]}x{common[1]}: resize {them} or remove {them}")
+    if common[0] * common[1] > MAX_IMAGE_PIXELS:
+        raise _too_big(files[next(iter(sizes))], *common)
+    return common
+
+
+def _images_digest(files: list[Path], labels: np.ndarray, order: np.ndarray) -> str:
+    """SHA-256 over (label, SHA-256 of the file's bytes) of each selected image, in order."""
+    h = hashlib.sha256(b"imagefolder\n")
+    for i in order:
+        f = files[int(i)]
+        h.update(struct.pack("<q", int(labels[int(i)])))
+        h.update(bytes.fromhex(_file_digest(f, what="image")))
+    return "imagefolder:" + h.hexdigest()
+
+
+def _load_image_folder(path: Path, name: str, n: int | None, seed: int | None, batch_size: int) -> Data:
+    files, label_list, classes = _list_image_folder(path)
+    labels = np.asarray(label_list, dtype=np.int64)
+    order = _selection(len(files), n, seed)
+    sizes = {int(i): _image_size(files[int(i)]) for i in np.unique(order)}  # headers only
+    w, h = _common_size(path, files, sizes)
 
     def get(idx: np.ndarray) -> np.ndarray:
-        from PIL import Image, UnidentifiedImageError
+        out = np.empty((len(idx), h, w, 3), np.uint8)
+        for j, i in enumerate(idx):
+            out[j] = _decode_image(files[int(i)], (w, h))
+        return out.transpose(0, 3, 1, 2).astype(np.float32) / 255.0
 
-        out = []
-        for i in idx:
-            f = files[int(i)]
-            try:
-                with Image.open(f) as im:
-                    arr = np.asarray(im.convert("RGB"), dtype=np.uint8)
-            except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
-                raise DataError(f"cannot decode image {f} ({exc}): remove or replace it") from None
-            if not shape:
-                shape.append(arr.shape)
-            elif arr.shape != shape[0]:
-                raise DataError(
-                    f"image {f} is {arr.shape[1]}x{arr.shape[0]} but the others are "
-                    f"{shape[0][1]}x{shape[0][0]}: resize the images to one size"
-                )
-            out.append(arr)
-        return np.stack(out).transpose(0, 3, 1, 2).astype(np.float32) / 255.0
+    return Data(name, labels, get, len(classes), classes, order, batch_size, seed,
+                content=lambda: _images_digest(files, labels, order))
 
-    return get, np.asarray(labels, dtype=np.int64), len(class_dirs), [d.name for d in class_dirs]
+
+# ------------------------------------------------------------------------------ entry point
+def _source_name(source) -> str:
+    if isinstance(source, os.PathLike):
+        source = os.fspath(source)
+    if not isinstance(source, str):
+        shown = repr(source) if isinstance(source, (int, float)) and not isinstance(source, bool) else type(source).__name__
+        raise ConfigError(f"data source must be {DEFAULT_SOURCE}, a directory or an .npz path (a str or Path), got "
+                          f"{shown}: save arrays with numpy.savez('d.npz', x=..., y=...) and pass the path")
+    if not source.strip():
+        raise ConfigError(f"data source is empty: give {DEFAULT_SOURCE}, an ImageFolder or cifar-10-batches-py "
+                          f"directory, or an .npz file")
+    return source
 
 
 def load_data(source: "str | Path | Data" = DEFAULT_SOURCE, n: int | None = None, batch_size: int = 256,
               seed: int | None = 0) -> Data:
     """Open a data source. ``n``: how many images (default all); ``seed``: which ones and
-    in which order (a seeded permutation; ``None`` keeps the source's order)."""
+    in which order (a seeded permutation; ``None`` keeps the source's order).
+
+    Bad arguments raise :class:`~armetrics.errors.ConfigError`, bad sources
+    :class:`~armetrics.errors.DataError`, each with a one-line message."""
     if isinstance(source, Data):
         return source
-    if n is not None and n <= 0:
-        raise DataError(f"-n must be a positive number of images, got {n}")
-    if batch_size <= 0:
-        raise DataError(f"--batch-size must be positive, got {batch_size}")
-    name = str(source)
+    name = _source_name(source)
+    if n is not None:
+        n = checks.integer(n, "-n", minimum=1)
+    batch_size = checks.integer(batch_size, "--batch-size", minimum=1)
+    seed = checks.seed(seed)
     if name == DEFAULT_SOURCE:
         ref = resources.files("armetrics") / "_data" / "cifar10_sample.npz"
         with resources.as_file(ref) as p:
-            x, y, k, classes = _from_npz(Path(p))
-        get = _array_getter(x, name)
-    else:
-        path = Path(name)
-        if not path.exists():
-            raise DataError(f"data source {name!r} does not exist: give cifar10-sample, an ImageFolder or cifar-10-batches-py directory, or an .npz file")
-        if path.is_dir():
-            if (path / "test_batch").exists() or path.name == "cifar-10-batches-py":
-                x, y, k, classes = _from_cifar_batches(path)
-                get = _array_getter(x, name)
-            else:
-                get, y, k, classes = _from_image_folder(path)
-        elif path.suffix == ".npz":
-            x, y, k, classes = _from_npz(path)
-            get = _array_getter(x, name)
-        else:
-            raise DataError(f"data source {name} is neither a directory nor an .npz file: see `armetrics analyze --help`")
-    if len(y) == 0:
-        raise DataError(f"data source {name} holds no images")
-    order = np.arange(len(y)) if seed is None else np.random.default_rng(seed).permutation(len(y))
-    if n is not None:
-        order = order[:n]
-    return Data(name, y, get, k, classes, order, batch_size, seed)
+            return _load_npz(Path(p), name, n, seed, batch_size, packaged=True)
+    path = Path(name)
+    try:
+        exists, is_dir = path.exists(), path.is_dir()
+    except (OSError, ValueError) as exc:
+        raise _error(f"cannot access data source {name} ({first_line(exc)}): check the path") from None
+    if not exists:
+        raise _error(f"data source {name!r} does not exist: give cifar10-sample, an ImageFolder or cifar-10-batches-py "
+                     f"directory, or an .npz file")
+    if is_dir:
+        if os.path.lexists(path / "test_batch") or path.name == "cifar-10-batches-py":
+            return _load_cifar(path, name, n, seed, batch_size)
+        return _load_image_folder(path, name, n, seed, batch_size)
+    if path.suffix.lower() == ".npz":
+        return _load_npz(path, name, n, seed, batch_size)
+    raise _error(f"data source {name} is neither a directory nor an .npz file: see `armetrics analyze --help`")

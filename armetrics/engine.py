@@ -20,7 +20,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import torch
 from torch import nn
 
-from . import __version__, distributed, interrupt
+from . import __version__, checks, distributed, interrupt
 from .data import Data, load_data
 from .errors import ConfigError, DataError, ProbeError
 from .hooks import capture_outputs, check_captured
@@ -36,7 +36,21 @@ def make_probes(probes: Iterable[str | Probe] | str, options: Mapping[str, Mappi
     """Instantiate probes by name with their options (``{"margin": {"bins": 30}}``)."""
     if isinstance(probes, str):
         probes = [p.strip() for p in probes.split(",") if p.strip()]
+    elif isinstance(probes, Probe):
+        probes = [probes]
+    elif not isinstance(probes, Iterable) or isinstance(probes, (bytes, Mapping)):
+        raise ConfigError(f"probes must be probe names (a list or a comma-separated string such as 'accuracy,margin'), "
+                          f"got {probes!r}: see `armetrics probes`")
+    probes = list(probes)
+    bad = next((p for p in probes if not isinstance(p, (str, Probe))), None)
+    if bad is not None:
+        raise ConfigError(f"probes must be probe names or Probe instances, got {bad!r}: see `armetrics probes`")
+    if options is not None and not isinstance(options, Mapping):
+        raise ConfigError(f"options must map probe names to their options, e.g. {{'margin': {{'bins': 30}}}}, got {options!r}")
     options = dict(options or {})
+    for name, opts in options.items():
+        if not isinstance(opts, Mapping):
+            raise ConfigError(f"options[{name!r}] must map option names to values, e.g. {{'bins': 30}}, got {opts!r}")
     out: list[Probe] = []
     names = []
     for p in probes:
@@ -141,18 +155,29 @@ def analyze(
     :func:`~armetrics.data.load_data`), or None for the packaged ``cifar10-sample``
     (only loaded when a data probe is selected). ``options``: per-probe keyword
     options. ``progress``: a tqdm bar (default: when stderr is a terminal).
-    ``out_path``: where the report will be saved (probes may write files beside it).
+    ``out_path``: where the report will be saved; probes may name side files after it
+    (``ProbeResult.files``), which :meth:`Report.save` writes together with the report.
 
     Inside a ``torch.distributed`` process group (e.g. under ``torchrun``) each rank
     analyzes its shard of the batches; rank 0 returns the merged report, the other
     ranks return None (see :mod:`armetrics.distributed`).
     """
     started = time.perf_counter()
+    if not isinstance(model, nn.Module):
+        raise ConfigError(f"model must be a torch.nn.Module (e.g. from armetrics.load_model), got {type(model).__name__}")
+    if data is not None and not isinstance(data, (Data, str, Path)):
+        raise DataError(f"data must be an armetrics Data (armetrics.load_data), a source name or a path, "
+                        f"got {type(data).__name__}: wrap tensors with numpy.savez('d.npz', x=..., y=...) or load_data")
+    seed = checks.seed(seed, allow_none=False)
+    if progress is not None and not isinstance(progress, bool):
+        raise ConfigError(f"progress must be True, False or None, got {progress!r}")
+    if out_path is not None and not isinstance(out_path, (str, Path)):
+        raise ConfigError(f"out_path must be a path, got {type(out_path).__name__}")
     probe_objs = make_probes(probes, options)
     if device is None:
         first = next(iter(model.parameters()), None)
         device = first.device if first is not None else torch.device("cpu")
-    device = torch.device(device)
+    device = checks.device(device, "device (--device)")
     model = eval_mode(model.to(device))
     torch.manual_seed(seed)
 
@@ -169,6 +194,7 @@ def analyze(
                   out_path=str(out_path) if out_path else None)
     d = distributed.current()
     entries: dict[str, dict[str, Any]] = {}
+    files: dict[str, bytes] = {}  # the report's side files by suffix (ProbeResult.files), written by Report.save
     if d is None or d.is_main:  # weight-only probes run once
         for p in weight_probes:
             t = time.perf_counter()
@@ -176,6 +202,7 @@ def analyze(
             result = p.compute()
             ctx.results[p.name] = result
             entries[p.name] = _result_entry(p, result, time.perf_counter() - t)
+            files.update(result.files)
     if d is not None and weight_probes:
         ctx.results, entries = distributed.broadcast((ctx.results, entries), d)
 
@@ -194,6 +221,7 @@ def analyze(
             t = time.perf_counter()
             result = p.compute()
             entries[p.name] = _result_entry(p, result, p._seconds + time.perf_counter() - t)
+            files.update(result.files)
     elif d is not None and not d.is_main:
         return None
     run["seconds"] = time.perf_counter() - started
@@ -209,7 +237,7 @@ def analyze(
         "run": run,
         "probes": {p.name: entries[p.name] for p in probe_objs},
     }
-    return Report(to_jsonable(report))
+    return Report(to_jsonable(report), files=files)
 
 
 def _merge_shards(probes: list[Probe], shards: list[list[dict]]) -> None:

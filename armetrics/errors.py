@@ -33,3 +33,24 @@ class ReportError(ArmetricsError):
 
 class ProbeError(ArmetricsError):
     """A probe could not run on this model or data."""
+
+
+class InputError(ArmetricsError):
+    """An input path is not a readable regular file (missing, a FIFO, a device, unreadable)."""
+
+
+def first_line(exc: BaseException, limit: int = 200) -> str:
+    """The first line of an exception's message (its type name if it has none), cut to ``limit``."""
+    lines = str(exc).strip().splitlines()
+    return (lines[0] if lines else type(exc).__name__)[:limit]
+
+
+def one_line(text: str) -> str:
+    """``text`` with control characters (newlines in a file name, escape codes) written as
+    escapes, so that an error message stays one line on the terminal."""
+    return "".join(c if c.isprintable() or c == " " else repr(c)[1:-1] for c in text)
+
+
+class UnsafeCodeError(LoadError):
+    """The file carries code (a TorchScript archive, or a torch.export program calling
+    operators outside the pure-tensor allow-list) and ``trust_code`` was not given."""

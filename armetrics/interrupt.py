@@ -14,6 +14,7 @@ from __future__ import annotations
 import signal
 
 _requested = False
+_written: list[str] = []
 
 
 def request(signum=None, frame=None) -> None:
@@ -36,3 +37,24 @@ def install() -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         if signal.getsignal(sig) is not signal.SIG_IGN:
             signal.signal(sig, request)
+
+
+def reset() -> None:
+    """Forget the files recorded by :func:`wrote` (a new command starts). A pending
+    request is kept: an interruption swallowed before the command still stops it."""
+    _written.clear()
+
+
+def wrote(path) -> None:
+    """Record that a report was completely written (for the interruption message)."""
+    _written.append(str(path))
+
+
+def written_text() -> str:
+    """What an interrupted command leaves behind, for its one-line message."""
+    if not _written:
+        return "no report was written or changed"
+    if len(_written) == 1:
+        return f"{_written[0]} was written before the interruption and is complete; nothing else was written or changed"
+    return (f"{len(_written)} reports written before the interruption are complete (the last: {_written[-1]}); "
+            f"the one in progress was not written")

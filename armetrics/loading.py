@@ -7,38 +7,68 @@ state_dict / checkpoint dict  ``torch.load(weights_only=True)``; unwraps ``state
                               ``model``, ``model_state_dict``, ``net``; aligns
                               ``module.``/``model.``/``_orig_mod.`` prefixes; needs ``arch``
 ``.safetensors``              ``safetensors.torch.load_file`` (no code at all); needs ``arch``
-TorchScript archive           ``torch.jit.load`` (TorchScript, no Python pickle)
-``torch.export`` ``.pt2``     ``torch.export.load`` with every internal ``torch.load``
-                              forced to ``weights_only=True`` and raw pickles refused
-full pickled ``nn.Module``    only with ``trust_pickle=True`` (it can run any code)
+TorchScript archive           code: refused unless ``trust_code=True``, then ``torch.jit.load``
+``torch.export`` ``.pt2``     ``torch.export.load`` after the archive's program was checked
+                              (operators, symbolic expressions, guards, names: see
+                              :func:`check_export_archive`), with every internal
+                              ``torch.load`` forced to ``weights_only=True`` and raw
+                              pickles refused; the loaded graph is walked again
+full pickled ``nn.Module``    only with ``trust_pickle=True`` / ``trust_code=True``
 ``robustbench:NAME``          robustbench's own loader from ``model_dir``; never downloads
 ============================  ==========================================================
+
+Every file is hostile until checked: it must be a regular file (never a FIFO or a
+device), and a zip archive's declared member sizes are checked before torch reads it
+(zip bombs, see :func:`check_zip_members`). ``trust_pickle`` and ``trust_code`` are one
+switch: either trusts pickles and code. Warnings that torch and robustbench print while
+loading are silenced unless ``ARMETRICS_DEBUG`` is set.
 """
 
 from __future__ import annotations
 
+import ast
+import builtins
 import contextlib
 import hashlib
 import importlib
 import importlib.util
+import io
 import json
+import logging
+import math
+import operator
+import os
 import pickle
 import re
 import struct
 import sys
+import warnings
 import zipfile
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterable, Sequence
 
 import torch
 from torch import nn
 
-from . import _robustbench
-from .errors import LoadError, UnsafePickleError
+from . import _robustbench, checks
+from .errors import ArmetricsError, LoadError, UnsafeCodeError, UnsafePickleError, first_line, one_line
+from .safeio import read_error, regular_file
 
 CHECKPOINT_KEYS = ("state_dict", "model_state_dict", "model", "net")
 PREFIXES = ("module.", "_orig_mod.", "model.")
+
+#: Largest declared (inflated) size of a pickle or JSON member of an archive, and of any
+#: compressed member: torch's own pickles are kilobytes to a few MiB, tensors are stored
+#: uncompressed. A member beyond this is a zip bomb or not a torch file.
+MEMBER_LIMIT = 256 * 2**20
+#: deflate cannot expand data more than ~1032:1; a member declaring more lies about its size.
+DEFLATE_MAX_RATIO = 1032
+#: Largest ``--arch`` Python file read.
+ARCH_FILE_LIMIT = 16 * 2**20
+
+TRUST_FIX = "if you trust its source pass --trust-code (trust_code=True), or save a state_dict or .safetensors and pass --arch"
 
 
 @dataclass
@@ -57,6 +87,7 @@ class ModelInfo:
 
 
 def sha256_file(path: str | Path) -> str:
+    """SHA-256 of a file's bytes (raises ``OSError`` when it cannot be read)."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -64,136 +95,699 @@ def sha256_file(path: str | Path) -> str:
     return h.hexdigest()
 
 
+def _show(path: Any) -> str:
+    """A path as it may appear in a one-line message."""
+    return one_line(str(path))
+
+
+def _regular(path: str | Path, what: str = "checkpoint") -> os.stat_result:
+    """``os.stat`` of a regular file, else a one-line LoadError; never opens the path."""
+    try:
+        return regular_file(path, what, LoadError)
+    except LoadError as exc:
+        raise LoadError(one_line(str(exc))) from None
+
+
+def _sha256(path: Path, what: str = "checkpoint") -> str:
+    try:
+        return sha256_file(path)
+    except OSError as exc:
+        raise read_error(_show(path), exc, what, LoadError) from None
+
+
+@contextlib.contextmanager
+def _quiet():
+    """Silence the warnings and log records torch and robustbench emit while loading
+    (deprecations, pickle protocol notes, torch.export's logged tracebacks), unless the
+    environment sets ``ARMETRICS_DEBUG`` (the CLI does for ``--debug``)."""
+    if os.environ.get("ARMETRICS_DEBUG"):
+        yield
+        return
+    loggers = [logging.getLogger(name) for name in ("torch.export", "torch._export", "torch.jit")]
+    levels = [lg.level for lg in loggers]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for lg in loggers:
+            lg.setLevel(logging.CRITICAL + 1)
+        try:
+            yield
+        finally:
+            for lg, level in zip(loggers, levels):
+                lg.setLevel(level)
+
+
 # --------------------------------------------------------------------------- sniffing
-def sniff(path: Path) -> str:
+def sniff(path: str | Path) -> str:
     """The format of a file from its first bytes: ``empty``, ``html``, ``torch-zip``,
-    ``torchscript``, ``export``, ``safetensors``, ``pickle`` or ``unknown``. Raises
-    LoadError for a damaged zip."""
-    size = path.stat().st_size
-    with open(path, "rb") as f:
-        head = f.read(1024)
-    if size == 0:
-        return "empty"
+    ``torchscript``, ``export``, ``zip``, ``safetensors``, ``pickle`` or ``unknown``.
+    Raises LoadError for a special file, an unreadable file or a damaged zip."""
+    return _sniff(Path(path))[0]
+
+
+def _sniff(path: Path, size: int | None = None) -> tuple[str, list[zipfile.ZipInfo]]:
+    if size is None:
+        size = _regular(path).st_size
+    if size == 0:  # also /proc files, which claim no size: never read
+        return "empty", []
+    try:
+        with open(path, "rb") as f:
+            head = f.read(1024)
+    except OSError as exc:
+        raise read_error(_show(path), exc, "checkpoint", LoadError) from None
     text = head.lstrip().lower()
     if text.startswith((b"<!doctype html", b"<html", b"<head", b"<?xml")) or b"<html" in text[:512]:
-        return "html"
+        return "html", []
     if head.startswith(b"PK"):
         try:
             with zipfile.ZipFile(path) as z:
-                names = z.namelist()
-        except (zipfile.BadZipFile, OSError, EOFError, ValueError) as exc:
-            raise LoadError(f"{path} is truncated or corrupt ({exc}): download or save it again") from None
+                infos = z.infolist()
+        except PermissionError as exc:
+            raise read_error(_show(path), exc, "checkpoint", LoadError) from None
+        except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, ValueError, struct.error,
+                NotImplementedError, OverflowError, UnicodeDecodeError) as exc:
+            raise LoadError(f"{_show(path)} is truncated or corrupt ({one_line(first_line(exc))}): "
+                            f"download or save it again") from None
+        names = [i.filename for i in infos]
         if any("/code/" in n or n.endswith("constants.pkl") for n in names):
-            return "torchscript"
+            return "torchscript", infos
         if any(n.endswith("archive_format") or n.endswith(".json") and "/models/" in n for n in names):
-            return "export"
+            return "export", infos
         if any(n.endswith("data.pkl") for n in names):
-            return "torch-zip"
-        return "zip"
+            return "torch-zip", infos
+        return "zip", infos
     if len(head) >= 9:
         (n,) = struct.unpack("<Q", head[:8])
         if 0 < n <= size - 8 and head[8:9] == b"{":
-            return "safetensors"
+            return "safetensors", []
     if head[:1] == b"\x80":
-        return "pickle"
-    return "unknown"
+        return "pickle", []
+    return "unknown", []
 
 
-# --------------------------------------------------------------------------- safety
+# --------------------------------------------------------------------------- zip bombs
+def _mib(n: int) -> str:
+    return f"{n / 2**20:.1f} MiB"
+
+
+def check_zip_members(where: str, infos: Iterable[zipfile.ZipInfo], size: int) -> None:
+    """Refuse an archive whose central directory declares sizes torch would allocate
+    for but the ``size``-byte file cannot hold: a pickle or JSON member (or any
+    compressed member) inflating beyond :data:`MEMBER_LIMIT`, a member claiming more
+    than deflate's ~1032:1, a stored member claiming more bytes than it stores, members
+    reaching past the end of the file or overlapping. Reads only the directory."""
+    fix = "a zip bomb or a damaged file: download or save it again"
+    total = 0
+    for i in infos:
+        name, declared, stored = one_line(i.filename), i.file_size, i.compress_size
+        if i.compress_type == zipfile.ZIP_STORED:
+            if declared != stored:
+                raise LoadError(f"{where}: archive member {name} is stored uncompressed but declares {declared} bytes "
+                                f"for {stored} stored bytes: {fix}")
+        elif declared > DEFLATE_MAX_RATIO * stored + 1024:
+            raise LoadError(f"{where}: archive member {name} declares {declared} bytes ({_mib(declared)}) from "
+                            f"{stored} compressed bytes, more than deflate can expand ({DEFLATE_MAX_RATIO}:1): {fix}")
+        if i.header_offset + stored > size:
+            raise LoadError(f"{where}: archive member {name} declares {stored} bytes at offset {i.header_offset}, "
+                            f"past the end of the {size}-byte file: {fix}")
+        pickle_like = i.filename.endswith((".pkl", ".json"))
+        if declared > MEMBER_LIMIT and (pickle_like or i.compress_type != zipfile.ZIP_STORED):
+            kind = "pickle/JSON member" if pickle_like else "compressed member (torch stores tensors uncompressed)"
+            raise LoadError(f"{where}: archive {kind} {name} declares {declared} bytes ({_mib(declared)}), more than "
+                            f"the {_mib(MEMBER_LIMIT)} armetrics lets torch inflate: {fix}")
+        total += stored
+    if total > size:
+        raise LoadError(f"{where}: archive members declare {total} bytes in a {size}-byte file "
+                        f"(overlapping members): {fix}")
+
+
+def _check_torch_load_source(f: Any, where: str) -> None:
+    """The zip checks for what ``torch.load`` is about to read (a path or a buffer)."""
+    if isinstance(f, (str, os.PathLike)):
+        st = _regular(f)
+        try:
+            with open(f, "rb") as fh:
+                if fh.read(2) != b"PK":
+                    return
+                with zipfile.ZipFile(fh) as z:
+                    infos = z.infolist()
+        except (zipfile.BadZipFile, OSError, EOFError, ValueError, struct.error, NotImplementedError):
+            return  # torch reports the damage
+        check_zip_members(_show(f), infos, st.st_size)
+        return
+    if isinstance(f, (bytes, bytearray, memoryview)):
+        f = io.BytesIO(f)
+    if not (hasattr(f, "read") and hasattr(f, "seek") and hasattr(f, "tell")):
+        return
+    try:
+        pos = f.tell()
+        head = f.read(2)
+        f.seek(0, 2)
+        size = f.tell() - pos
+        f.seek(pos)
+        if head != b"PK":
+            return
+        with zipfile.ZipFile(f) as z:
+            infos = z.infolist()
+        f.seek(pos)
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError, struct.error, NotImplementedError):
+        with contextlib.suppress(Exception):
+            f.seek(pos)
+        return
+    check_zip_members(f"{where} (an archive inside it)", infos, size)
+
+
+# --------------------------------------------------------------------------- pickles
 @contextlib.contextmanager
-def _forced_weights_only():
-    """Within the block, every ``torch.load`` is ``weights_only=True`` and the raw pickle
-    loaders torch.export uses for custom objects refuse to run."""
+def _guarded_loads(trusted: bool, where: str):
+    """Within the block every ``torch.load`` first checks the zip sizes of what it reads;
+    unless ``trusted`` it is also ``weights_only=True``, and the raw pickle loaders
+    torch.export uses for custom objects refuse to run."""
     from torch.export.pt2_archive import _package
 
-    orig_load, orig_pickle = torch.load, _package.pickle
+    orig_load, orig_pickle, orig_obj = torch.load, _package.pickle, torch._C._pickle_load_obj
 
-    def safe_load(*args, **kwargs):
-        kwargs["weights_only"] = True
-        return orig_load(*args, **kwargs)
+    def guarded_load(f, *args, **kwargs):
+        _check_torch_load_source(f, where)
+        if not trusted:
+            kwargs["weights_only"] = True
+        return orig_load(f, *args, **kwargs)
 
     class _NoPickle:
         @staticmethod
         def loads(*_a, **_k):
             raise pickle.UnpicklingError("raw pickled objects are refused (needs trust_pickle)")
 
-    torch.load = safe_load
-    _package.pickle = _NoPickle
+    def no_script_object(*_a, **_k):
+        raise pickle.UnpicklingError("pickled TorchScript objects are refused (needs trust_code)")
+
+    torch.load = guarded_load
+    if not trusted:
+        _package.pickle = _NoPickle
+        torch._C._pickle_load_obj = no_script_object
     try:
         yield
     finally:
         torch.load = orig_load
         _package.pickle = orig_pickle
+        torch._C._pickle_load_obj = orig_obj
 
 
-def _unsafe_error(path: Path, exc: Exception) -> UnsafePickleError:
+def _unsafe_error(path: Any, exc: Exception) -> UnsafePickleError:
     m = re.search(r"(?:Unsupported global|GLOBAL) ?:? ?(?:GLOBAL )?([\w.]+)", str(exc))
     what = f" ({m.group(1)})" if m else ""
     return UnsafePickleError(
-        f"{path} contains pickled Python objects{what} that can run arbitrary code when loaded: "
-        f"if you trust its source pass --trust-pickle (trust_pickle=True), "
+        f"{_show(path)} contains pickled Python objects{what} that can run arbitrary code when loaded: "
+        f"if you trust its source pass --trust-code (trust_code=True; alias --trust-pickle), "
         f"or save a state_dict or .safetensors instead"
     )
 
 
-def _torch_load(path: Path, trust_pickle: bool, device: str) -> Any:
+def _torch_load(path: Path, trusted: bool, device: torch.device) -> Any:
     try:
-        return torch.load(path, map_location=device, weights_only=not trust_pickle)
+        with _quiet(), _guarded_loads(trusted, _show(path)):
+            return torch.load(path, map_location=device, weights_only=not trusted)
+    except ArmetricsError:
+        raise
     except pickle.UnpicklingError as exc:
         if "Weights only load failed" in str(exc) or "Unsupported" in str(exc):
             raise _unsafe_error(path, exc) from None
-        raise LoadError(f"{path} is not a readable torch checkpoint ({_first_line(exc)}): download or save it again") from None
-    except (RuntimeError, EOFError, OSError, ValueError, TypeError, AttributeError, ImportError, IndexError, KeyError, MemoryError, OverflowError, UnicodeDecodeError, struct.error) as exc:
+        raise LoadError(f"{_show(path)} is not a readable torch checkpoint ({one_line(first_line(exc))}): "
+                        f"download or save it again") from None
+    except PermissionError as exc:
+        raise read_error(_show(path), exc, "checkpoint", LoadError) from None
+    except (RuntimeError, EOFError, OSError, ValueError, TypeError, AttributeError, ImportError, IndexError, KeyError,
+            MemoryError, OverflowError, UnicodeDecodeError, struct.error) as exc:
         raise LoadError(
-            f"{path} is truncated or corrupt ({_first_line(exc)}): download or save it again"
+            f"{_show(path)} is truncated or corrupt ({one_line(first_line(exc))}): download or save it again"
         ) from None
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return (text[0] if text else type(exc).__name__)[:200]
+# --------------------------------------------------------------------------- torch.export programs
+# What a torch.export archive may contain when code is not trusted. torch.export.load
+# itself runs Python: every symbolic size (``expr_str``) goes through ``sympy.sympify``,
+# i.e. ``eval``; guards and input names are pasted into generated Python source; members
+# under data/aotinductor/ are native libraries it loads. So the program JSON is checked
+# before torch.export.load sees it, and the loaded graph is walked again after.
+
+_SAFE_TEXT = re.compile(r"[A-Za-z0-9_.@:+\-]*\Z")  # names, keys, types: never quotes, spaces, newlines
+_SYMBOL = re.compile(r"[A-Za-z][A-Za-z0-9_]*\Z")
+
+#: Python builtins torch.export's serializer writes as call targets (its ``_SYM_OPS``,
+#: symbolic integer/float/bool arithmetic) and ``operator.getitem``.
+_SAFE_BUILTINS = frozenset(f for f in (
+    operator.getitem, operator.eq, operator.ne, operator.le, operator.ge, operator.lt, operator.gt,
+    operator.neg, operator.pos, operator.mul, operator.add, operator.sub, operator.floordiv, operator.mod,
+    operator.pow, operator.truediv, operator.and_, operator.or_, operator.xor, operator.lshift, operator.rshift,
+    operator.not_, operator.abs, math.trunc, math.ceil, math.floor, math.sqrt,
+    *(getattr(torch, n) for n in ("sym_not", "sym_int", "sym_float", "sym_ite", "sym_max", "sym_min", "sym_sqrt",
+                                  "sym_sum") if hasattr(torch, n)),
+))
+_SAFE_BUILTIN_NAMES = frozenset(f"{f.__module__}.{f.__name__}" for f in _SAFE_BUILTINS)
+#: Higher-order operators that only structure the graph (their subgraphs are checked too).
+_SAFE_HOPS = frozenset({"cond", "while_loop", "map_impl", "scan", "wrap_with_set_grad_enabled", "wrap_with_autocast"})
+#: aten operators that touch files or have side effects outside the tensors.
+_DENIED_ATEN = frozenset({"from_file", "save", "load", "_print", "print", "warn"})
+_FILE_ARGS = frozenset({"filename", "file", "file_name", "filepath", "path", "fname", "f", "dir", "directory"})
+#: The sympy names torch.export's deserializer writes in symbolic sizes.
+_SYMPY_CALLS = frozenset({
+    "Symbol", "Integer", "Float", "Rational", "Add", "Mul", "Pow", "Mod", "Max", "Min", "Abs", "floor", "ceiling",
+    "sqrt", "Eq", "Ne", "Lt", "Le", "Gt", "Ge", "Equality", "Unequality", "StrictLessThan", "StrictGreaterThan",
+    "LessThan", "GreaterThan", "And", "Or", "Not", "Xor", "Piecewise", "ExprCondPair", "ITE", "Tuple",
+    "FloorDiv", "ModularIndexing", "Where", "PythonMod", "CleanDiv", "CeilToInt", "FloorToInt", "CeilDiv", "LShift",
+    "RShift", "PowByNatural", "FloatPow", "FloatTrueDiv", "IntTrueDiv", "IsNonOverlappingAndDenseIndicator",
+    "TruncToFloat", "TruncToInt", "RoundToInt", "RoundDecimal", "ToFloat", "Identity", "OpaqueUnaryFn_acos",
+    "OpaqueUnaryFn_asin", "OpaqueUnaryFn_asinh", "OpaqueUnaryFn_atan", "OpaqueUnaryFn_cos", "OpaqueUnaryFn_cosh",
+    "OpaqueUnaryFn_exp", "OpaqueUnaryFn_log", "OpaqueUnaryFn_log2", "OpaqueUnaryFn_sin", "OpaqueUnaryFn_sinh",
+    "OpaqueUnaryFn_sqrt", "OpaqueUnaryFn_tan", "OpaqueUnaryFn_tanh", "BitwiseFn_bitwise_and",
+    "BitwiseFn_bitwise_or", "BitwiseFn_bitwise_xor",
+})
+_PY_BUILTINS = frozenset(dir(builtins))
+_GUARD_NAMES = frozenset({"L", "math", "torch", "inf", "IsNonOverlappingAndDenseIndicator",
+                          "cast_symbool_to_symint_guardless"})
+_TENSOR_METHODS = frozenset({"size", "stride", "storage_offset", "dim", "numel"})
+_EXPR_NODES = (ast.Expression, ast.Load, ast.BinOp, ast.UnaryOp, ast.Compare, ast.BoolOp, ast.Tuple, ast.List,
+               ast.operator, ast.unaryop, ast.cmpop, ast.boolop, ast.keyword)
+
+
+def _op_problem(op: Any) -> str | None:
+    """Why an ``OpOverload`` is not allowed without trust, or None."""
+    ns = getattr(op, "namespace", None)
+    if ns != "aten":
+        return f"an operator of the {ns!r} namespace (custom operators run code the archive does not show)"
+    base = op._schema.name.split("::", 1)[-1]
+    if base in _DENIED_ATEN or base.rstrip("_") in _DENIED_ATEN:
+        return "an operator that reads or writes files or has side effects"
+    for a in op._schema.arguments:
+        kind = str(a.type)
+        if "Storage" in kind:
+            return f"an operator taking a raw Storage ({a.name})"
+        if "str" in kind and a.name.lower() in _FILE_ARGS:
+            return f"an operator taking a file name ({a.name})"
+    return None
+
+
+def _target_problem(target: str) -> str | None:
+    """Why a serialized call target (``torch.ops.aten.relu.default``, ``_operator.getitem``)
+    is not allowed without trust, or None. Resolves nothing outside ``torch.ops.aten``."""
+    if not isinstance(target, str):
+        return "a call target that is not a name"
+    if target in _SAFE_BUILTIN_NAMES:
+        return None
+    parts = target.split(".")
+    if target.startswith("torch.ops.higher_order."):
+        return None if len(parts) == 4 and parts[3] in _SAFE_HOPS else "a higher-order operator that runs other code"
+    if target.startswith("torch.ops.aten.") and len(parts) == 5 and all(re.fullmatch(r"\w+", p) for p in parts[3:]):
+        try:
+            op = getattr(getattr(torch.ops.aten, parts[3]), parts[4])
+        except (AttributeError, RuntimeError):
+            return "an unknown aten operator"
+        if not isinstance(op, torch._ops.OpOverload):
+            return "not an aten operator overload"
+        return _op_problem(op)
+    return "a call target outside torch's aten operators and symbolic arithmetic"
+
+
+def _object_problem(target: Any) -> str | None:
+    """:func:`_target_problem` for a loaded graph's call target (an object)."""
+    if isinstance(target, torch._ops.OpOverload):
+        return _op_problem(target)
+    if isinstance(target, torch._ops.HigherOrderOperator):
+        return None if target.name() in _SAFE_HOPS else "a higher-order operator that runs other code"
+    try:
+        if target in _SAFE_BUILTINS:
+            return None
+    except TypeError:  # unhashable
+        pass
+    return "a call target outside torch's aten operators and symbolic arithmetic"
+
+
+def _target_name(target: Any) -> str:
+    if isinstance(target, str):
+        return one_line(target[:120])
+    return one_line(str(getattr(target, "__qualname__", None) or getattr(target, "__name__", None) or target)[:120])
+
+
+def _parse_expr(text: Any) -> ast.AST | None:
+    if not isinstance(text, str) or len(text) > 100_000:
+        return None
+    try:
+        return ast.parse(text, mode="eval")
+    except (SyntaxError, ValueError, RecursionError, MemoryError):
+        return None
+
+
+def _sympy_problem(text: Any) -> str | None:
+    """Why a symbolic size (``expr_str``, which torch hands to ``sympy.sympify``, i.e.
+    ``eval``) is not a plain sympy expression of allowed functions, or None."""
+    tree = _parse_expr(text)
+    if tree is None:
+        return "a symbolic size that is not an expression"
+    for node in ast.walk(tree):
+        if isinstance(node, _EXPR_NODES):
+            continue
+        if isinstance(node, ast.Call):
+            if isinstance(node.func, ast.Name) and node.func.id in _SYMPY_CALLS:
+                continue
+            return f"a symbolic size calling {one_line(ast.unparse(node.func)[:60])}"
+        if isinstance(node, ast.Name):  # bare symbols (s0, u1, oo); never a Python builtin
+            if node.id in _SYMPY_CALLS or (_SYMBOL.match(node.id) and node.id not in _PY_BUILTINS):
+                continue
+            return f"a symbolic size naming {one_line(node.id[:60])}"
+        if isinstance(node, ast.Constant):
+            v = node.value
+            if isinstance(v, str) and not _SYMBOL.match(v):
+                return "a symbolic size with an odd string"
+            if v is None or isinstance(v, (bool, int, float, str)):
+                continue
+        return f"a symbolic size containing Python {type(node).__name__}"
+    return None
+
+
+def _guard_problem(text: Any) -> str | None:
+    """Why a guard (Python source torch.export pastes into a generated function) is not
+    a plain comparison of input sizes, or None."""
+    tree = _parse_expr(text)
+    if tree is None:
+        return "a guard that is not an expression"
+    for node in ast.walk(tree):
+        if isinstance(node, _EXPR_NODES + (ast.Subscript, ast.Slice, ast.IfExp)):
+            continue
+        if isinstance(node, ast.Attribute):
+            base = node.value
+            if isinstance(base, ast.Name) and base.id == "math" and not node.attr.startswith("_") and hasattr(math, node.attr):
+                continue
+            if isinstance(base, ast.Name) and base.id == "torch" and node.attr.startswith("sym_") and hasattr(torch, node.attr):
+                continue
+            if not isinstance(base, ast.Name) and node.attr in _TENSOR_METHODS:
+                continue
+            return f"a guard using .{one_line(node.attr[:40])}"
+        if isinstance(node, ast.Call):
+            if isinstance(node.func, ast.Attribute) or (isinstance(node.func, ast.Name) and node.func.id in _GUARD_NAMES):
+                continue
+            return "a guard calling something other than size arithmetic"
+        if isinstance(node, ast.Name):
+            if node.id in _GUARD_NAMES:
+                continue
+            return f"a guard naming {one_line(node.id[:40])}"
+        if isinstance(node, ast.Constant):
+            v = node.value
+            if isinstance(v, str) and not _SAFE_TEXT.match(v):
+                return "a guard with an odd string"
+            if v is None or isinstance(v, (bool, int, float, str)):
+                continue
+        return f"a guard containing Python {type(node).__name__}"
+    return None
+
+
+def _treespec_problem(text: Any) -> str | None:
+    """Why a serialized pytree spec (its keys become Python source in the module's
+    ``forward``) holds anything but plain names, or None."""
+    try:
+        doc = json.loads(text) if isinstance(text, str) else None
+    except (ValueError, RecursionError):
+        doc = None
+    if doc is None:
+        return "an input/output spec that is not JSON"
+    stack = [doc]
+    while stack:
+        obj = stack.pop()
+        if isinstance(obj, dict):
+            for k, v in obj.items():
+                if k == "context" and isinstance(v, str):
+                    try:
+                        stack.append(json.loads(v))
+                    except (ValueError, RecursionError):
+                        return "an input/output spec with a malformed context"
+                else:
+                    stack.extend((k, v))
+        elif isinstance(obj, list):
+            stack.extend(obj)
+        elif isinstance(obj, str) and not _SAFE_TEXT.match(obj):
+            return f"an input/output spec with the key {one_line(obj[:60])!r}"
+    return None
+
+
+def _program_json_problem(doc: Any) -> str | None:
+    """Why a torch.export program (the ``models/*.json`` of a .pt2) cannot be loaded
+    without trust, or None: every call target (nested subgraphs too) must pass
+    :func:`_target_problem`, every symbolic size :func:`_sympy_problem`, every guard
+    :func:`_guard_problem`, the pytree specs :func:`_treespec_problem`, and every other
+    string and key must be a plain name (node metadata and string arguments, which
+    torch only stores or quotes, are skipped)."""
+    seen: dict[tuple[str, str], str | None] = {}
+
+    def cached(kind, value, check):
+        key = (kind, value if isinstance(value, str) else repr(value))
+        if key not in seen:
+            seen[key] = check(value)
+        return seen[key]
+
+    stack: list[tuple[Any, str]] = [(doc, "")]
+    while stack:
+        obj, at = stack.pop()
+        if isinstance(obj, dict):
+            for k, v in obj.items():
+                if at == "/range_constraints":  # keys are symbolic expressions, looked up only
+                    if cached("expr", k, _sympy_problem):
+                        return f"the range constraint {one_line(str(k)[:60])!r}"
+                elif not isinstance(k, str) or not _SAFE_TEXT.match(k):
+                    return f"the key {one_line(str(k)[:60])!r} at {at or '/'}"
+                here = f"{at}/{k}"
+                if k == "metadata" or k in ("as_string", "as_strings", "stack_trace"):
+                    continue
+                if k in ("target", "as_operator"):  # only graph nodes have a "target" in the schema
+                    problem = cached("target", v, _target_problem)
+                    if problem:
+                        return f"{problem}: {_target_name(v)}"
+                elif k == "expr_str":
+                    problem = cached("expr", v, _sympy_problem)
+                    if problem:
+                        return f"{problem}: {one_line(str(v)[:80])}"
+                elif k == "guards_code":
+                    for g in v if isinstance(v, list) else [v]:
+                        problem = cached("guard", g, _guard_problem)
+                        if problem:
+                            return f"{problem}: {one_line(str(g)[:80])}"
+                elif k in ("in_spec", "out_spec"):
+                    problem = cached("spec", v, _treespec_problem)
+                    if problem:
+                        return problem
+                else:
+                    stack.append((v, here))
+        elif isinstance(obj, list):
+            stack.extend((v, at) for v in obj)
+        elif isinstance(obj, str) and not _SAFE_TEXT.match(obj):
+            return f"the name {one_line(obj[:60])!r} at {at}"
+    return None
+
+
+def check_export_archive(path: str | Path, f: Any) -> None:
+    """Refuse (UnsafeCodeError) a ``.pt2`` archive, open as ``f``, that would run code when
+    loaded or called: AOTInductor native libraries, pickled custom objects, the legacy
+    format torch falls back to, or a program failing :func:`_program_json_problem`. The
+    archive is read with torch's own reader, so what is checked is what torch loads."""
+    from torch.export.pt2_archive._package import PT2ArchiveReader
+
+    where = _show(path)
+
+    def refuse(what: str) -> UnsafeCodeError:
+        return UnsafeCodeError(f"{where} is a torch.export program with {what}, which can run code when it is "
+                               f"loaded or called: {TRUST_FIX}")
+
+    try:
+        f.seek(0)
+        with zipfile.ZipFile(f) as z:
+            legacy = [n for n in z.namelist() if n.split("/")[-1] == "serialized_exported_program.json"]
+        if legacy:
+            raise refuse(f"a member in the pre-2.8 format ({one_line(legacy[0])}) that torch loads unchecked")
+        f.seek(0)
+        with PT2ArchiveReader(f) as reader:
+            names = reader.get_file_names()
+            for n in names:
+                base = n.rsplit("/", 1)[-1]
+                if n.startswith("data/aotinductor/"):
+                    raise refuse(f"AOTInductor-compiled native code ({one_line(n)})")
+                if base.startswith(("custom_obj_", "opaque_obj_")):
+                    raise refuse(f"pickled custom objects ({one_line(n)})")
+            for n in names:
+                if n.startswith("data/") and n.endswith("_config.json"):
+                    config = json.loads(reader.read_bytes(n))
+                    text = json.dumps(config)
+                    if "custom_obj_" in text or "opaque_obj_" in text:
+                        raise refuse(f"pickled custom objects (named in {one_line(n)})")
+            models = [n for n in names if n.startswith("models/") and n.endswith(".json")]
+            for n in models:
+                problem = _program_json_problem(json.loads(reader.read_bytes(n)))
+                if problem:
+                    raise refuse(problem)
+    except ArmetricsError:
+        raise
+    except PermissionError as exc:
+        raise read_error(where, exc, "checkpoint", LoadError) from None
+    except (ValueError, RecursionError, RuntimeError, OSError, AssertionError, zipfile.BadZipFile, UnicodeDecodeError,
+            MemoryError, struct.error) as exc:
+        raise LoadError(f"{where} is a damaged torch.export archive ({one_line(first_line(exc))}): export it again") from None
+    finally:
+        with contextlib.suppress(Exception):
+            f.seek(0)
+
+
+def check_exported_program(path: str | Path, program: Any) -> None:
+    """Walk every node of a loaded ExportedProgram's graph and of all its nested graphs
+    (higher-order operator bodies): only allowed call targets, plain attribute and input
+    names, tensor constants and plain guards. Raises UnsafeCodeError."""
+    where = _show(path)
+
+    def refuse(what: str) -> UnsafeCodeError:
+        return UnsafeCodeError(f"{where} is a torch.export program whose graph calls {what}, which armetrics "
+                               f"does not run without trust: {TRUST_FIX}")
+
+    for mod in program.graph_module.modules():
+        if not isinstance(mod, torch.fx.GraphModule):
+            if type(mod) is not nn.Module:
+                raise refuse(f"a {type(mod).__name__} submodule")
+            continue
+        for node in mod.graph.nodes:
+            if node.op == "call_function":
+                problem = _object_problem(node.target)
+                if problem:
+                    raise refuse(f"{problem}: {_target_name(node.target)}")
+            elif node.op in ("placeholder", "get_attr"):
+                if not (isinstance(node.target, str) and _SAFE_TEXT.match(node.target)):
+                    raise refuse(f"an odd {node.op} name {_target_name(node.target)!r}")
+            elif node.op != "output":
+                raise refuse(f"a {node.op} node ({_target_name(node.target)})")
+    for name, value in dict(getattr(program, "constants", {}) or {}).items():
+        if not isinstance(value, torch.Tensor):
+            raise refuse(f"a {type(value).__name__} constant ({one_line(str(name)[:60])})")
+    for g in getattr(program, "_guards_code", None) or []:
+        problem = _guard_problem(g)
+        if problem:
+            raise refuse(f"{problem}: {one_line(str(g)[:80])}")
+
+
+def _load_export(path: Path, trusted: bool, info: ModelInfo):
+    try:
+        f = open(path, "rb")
+    except OSError as exc:
+        raise read_error(_show(path), exc, "checkpoint", LoadError) from None
+    with f:
+        if not trusted:
+            check_export_archive(path, f)
+        try:
+            with _quiet(), _guarded_loads(trusted, _show(path)):
+                program = torch.export.load(f)
+        except ArmetricsError:
+            raise
+        except pickle.UnpicklingError as exc:
+            raise _unsafe_error(path, exc) from None
+        except Exception as exc:
+            raise LoadError(f"{_show(path)} is a damaged torch.export archive ({one_line(first_line(exc))}): "
+                            f"export it again") from None
+    if not trusted:
+        check_exported_program(path, program)
+    try:
+        with _quiet():
+            return program.module(), info
+    except Exception as exc:
+        raise LoadError(f"{_show(path)} is a damaged torch.export archive ({one_line(first_line(exc))}): "
+                        f"export it again") from None
 
 
 # --------------------------------------------------------------------------- arch
+def _exit_text(exc: SystemExit) -> str:
+    return one_line(f"sys.exit({exc.code!r})" if exc.code is not None else "sys.exit()")
+
+
+def _import_arch_file(file: Path) -> Any:
+    """Import an ``--arch`` file (regular files only; SystemExit and errors become LoadError)."""
+    _regular(file, "--arch file")
+    shown = _show(file)
+    mod_name = f"_armetrics_arch_{hashlib.sha1(str(file.resolve()).encode()).hexdigest()[:10]}"
+    module = sys.modules.get(mod_name)
+    if module is not None:
+        return module
+    try:
+        with open(file, "rb") as fh:
+            source = fh.read(ARCH_FILE_LIMIT + 1)
+    except OSError as exc:
+        raise read_error(shown, exc, "--arch file", LoadError) from None
+    if len(source) > ARCH_FILE_LIMIT:
+        raise LoadError(f"--arch file {shown} is larger than {_mib(ARCH_FILE_LIMIT)}: "
+                        f"pass the Python file that defines the architecture")
+    spec_ = importlib.util.spec_from_file_location(mod_name, file)
+    module = importlib.util.module_from_spec(spec_)
+    sys.modules[mod_name] = module
+    try:
+        exec(compile(source, str(file), "exec"), module.__dict__)
+    except SystemExit as exc:
+        del sys.modules[mod_name]
+        raise LoadError(f"--arch file {shown} called {_exit_text(exc)} while being imported: "
+                        f"an architecture file must only define the model") from None
+    except Exception as exc:
+        del sys.modules[mod_name]
+        raise LoadError(f"--arch file {shown} failed to import ({type(exc).__name__}: {one_line(first_line(exc))}): "
+                        f"fix the file") from None
+    return module
+
+
 def build_arch(spec: str, arch_kwargs: dict | None = None, *, dataset: str = "cifar10", threat_model: str = "Linf") -> nn.Module:
     """Build an architecture from ``pkg.mod:callable``, ``path/file.py:callable`` or
-    ``robustbench:NAME`` (random weights). ``arch_kwargs`` are passed to the callable."""
-    arch_kwargs = dict(arch_kwargs or {})
+    ``robustbench:NAME`` (random weights). ``arch_kwargs`` are passed to the callable.
+    Whatever the architecture code raises (SystemExit included) becomes a LoadError."""
+    if not isinstance(spec, str) or not spec.strip():
+        raise LoadError(f"arch (--arch) must be a string such as package.module:callable, path/to/file.py:callable "
+                        f"or robustbench:NAME, got {one_line(repr(spec)[:80])}")
+    arch_kwargs = _arch_kwargs(arch_kwargs)
+    shown = one_line(repr(spec))
     if spec.startswith("robustbench:"):
         ds, tm, name = _robustbench.parse_name(spec, dataset, threat_model)
-        return _robustbench.architecture(name, ds, tm)
+        try:
+            with _quiet():
+                return _robustbench.architecture(name, ds, tm)
+        except ArmetricsError:
+            raise
+        except Exception as exc:
+            raise LoadError(f"--arch {shown}: robustbench could not build it ({type(exc).__name__}: "
+                            f"{one_line(first_line(exc))})") from None
     if ":" not in spec:
-        raise LoadError(f"malformed --arch {spec!r}: write package.module:callable, path/to/file.py:callable or robustbench:NAME")
+        raise LoadError(f"malformed --arch {shown}: write package.module:callable, path/to/file.py:callable or robustbench:NAME")
     target, attr = spec.rsplit(":", 1)
     if target.endswith(".py"):
-        file = Path(target)
-        if not file.is_file():
-            raise LoadError(f"--arch file {file} does not exist: check the path")
-        mod_name = f"_armetrics_arch_{hashlib.sha1(str(file.resolve()).encode()).hexdigest()[:10]}"
-        module = sys.modules.get(mod_name)
-        if module is None:
-            spec_ = importlib.util.spec_from_file_location(mod_name, file)
-            module = importlib.util.module_from_spec(spec_)
-            sys.modules[mod_name] = module
-            try:
-                spec_.loader.exec_module(module)
-            except Exception as exc:
-                del sys.modules[mod_name]
-                raise LoadError(f"--arch file {file} failed to import: {_first_line(exc)}") from exc
+        module = _import_arch_file(Path(target))
+    elif "/" in target or os.sep in target:
+        raise LoadError(f"--arch {shown} names a path that is not a .py file: write path/to/file.py:callable "
+                        f"or package.module:callable")
     else:
         try:
             module = importlib.import_module(target)
         except ImportError as exc:
-            raise LoadError(f"cannot import --arch module {target!r} ({exc}): check the name or install it") from None
-    fn = getattr(module, attr, None)
+            raise LoadError(f"cannot import --arch module {one_line(repr(target))} ({one_line(first_line(exc))}): "
+                            f"check the name or install it") from None
+        except SystemExit as exc:
+            raise LoadError(f"--arch module {one_line(repr(target))} called {_exit_text(exc)} while being imported: "
+                            f"an architecture module must only define the model") from None
+        except Exception as exc:
+            raise LoadError(f"--arch module {one_line(repr(target))} failed to import ({type(exc).__name__}: "
+                            f"{one_line(first_line(exc))}): fix the module") from None
+    try:
+        fn = getattr(module, attr, None)
+    except Exception:
+        fn = None
     if not callable(fn):
-        raise LoadError(f"--arch {spec!r}: {target} has no callable {attr!r}")
+        raise LoadError(f"--arch {shown}: {one_line(target)} has no callable {one_line(repr(attr))}")
     try:
         model = fn(**arch_kwargs)
+    except SystemExit as exc:
+        raise LoadError(f"--arch {shown} called {_exit_text(exc)}: an architecture callable must return the model") from None
     except TypeError as exc:
-        raise LoadError(f"--arch {spec!r} rejected --arch-kwargs {json.dumps(arch_kwargs)}: {_first_line(exc)}") from None
+        raise LoadError(f"--arch {shown} rejected --arch-kwargs {one_line(json.dumps(arch_kwargs, default=repr))}: "
+                        f"{one_line(first_line(exc))}") from None
+    except Exception as exc:
+        raise LoadError(f"--arch {shown} raised {type(exc).__name__}: {one_line(first_line(exc))}: "
+                        f"fix the architecture code or --arch-kwargs") from None
     if not isinstance(model, nn.Module):
-        raise LoadError(f"--arch {spec!r} returned {type(model).__name__}, not a torch.nn.Module")
+        raise LoadError(f"--arch {shown} returned {type(model).__name__}, not a torch.nn.Module")
     return model
 
 
@@ -253,10 +847,10 @@ def load_state_into(model: nn.Module, state: dict[str, torch.Tensor], *, source:
             parts.append(f"unexpected keys: {show(unexpected)}")
         if shapes:
             parts.append(f"shape mismatches (file vs arch): {show(shapes)}")
-        raise LoadError(
+        raise LoadError(one_line(
             f"{source} does not fit the architecture — {'; '.join(parts)}: "
             f"check --arch and --arch-kwargs"
-        )
+        ))
     model.load_state_dict(state, strict=True)
     return model
 
@@ -283,16 +877,21 @@ class _NormalizedScript(nn.Module):
         return self.model(self.normalize(x))
 
 
+def _mean_std(mean: Any, std: Any) -> tuple[list[float], list[float]]:
+    mean = checks.numbers_list(mean, "mean (--mean)", error=LoadError)
+    std = checks.numbers_list(std, "std (--std)", positive=True, error=LoadError)
+    if len(mean) != len(std):
+        raise LoadError("--mean and --std need the same number of values (one per channel)")
+    return mean, std
+
+
 def add_normalization(model: nn.Module, mean: Sequence[float], std: Sequence[float]) -> nn.Module:
     """Make ``model`` take inputs in [0, 1] when it expects ``(x - mean)/std``.
 
     Regular modules get a forward pre-hook, so layer names stay as they were;
     TorchScript modules (which take no hooks) are wrapped, their layers then named
-    ``model.<name>``."""
-    if len(mean) != len(std) or not len(mean):
-        raise LoadError("--mean and --std need the same number of values (one per channel)")
-    if any(s == 0 for s in std):
-        raise LoadError("--std values must be non-zero")
+    ``model.<name>``. ``std`` must be finite and positive."""
+    mean, std = _mean_std(mean, std)
     norm = Normalize(mean, std)
     if isinstance(model, torch.jit.ScriptModule):
         return _NormalizedScript(norm, model)
@@ -304,6 +903,44 @@ def add_normalization(model: nn.Module, mean: Sequence[float], std: Sequence[flo
     return model
 
 
+# --------------------------------------------------------------------------- arguments
+def _flag(value: Any, name: str) -> bool:
+    if not isinstance(value, bool):
+        raise LoadError(f"{name} must be True or False, got {one_line(repr(value)[:80])}")
+    return value
+
+
+def _text(value: Any, name: str, example: str) -> str:
+    if not isinstance(value, str) or not value:
+        raise LoadError(f"{name} must be a non-empty string such as {example}, got {one_line(repr(value)[:80])}")
+    return value
+
+
+def _arch_kwargs(value: Any) -> dict:
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping) or not all(isinstance(k, str) for k in value):
+        raise LoadError(f"arch_kwargs (--arch-kwargs) must be a dict of keyword arguments such as "
+                        f'{{"num_classes": 10}}, got {one_line(repr(value)[:80])}')
+    return dict(value)
+
+
+def _source(value: Any) -> str:
+    if isinstance(value, os.PathLike):
+        value = os.fspath(value)
+    if not isinstance(value, str) or not value:
+        raise LoadError(f"source (MODEL) must be a checkpoint path or 'robustbench:NAME', got {one_line(repr(value)[:80])}")
+    return value
+
+
+def _directory(value: Any, name: str) -> Path:
+    if isinstance(value, os.PathLike):
+        value = os.fspath(value)
+    if not isinstance(value, str) or not value:
+        raise LoadError(f"{name} must be a directory path, got {one_line(repr(value)[:80])}")
+    return Path(value)
+
+
 # --------------------------------------------------------------------------- main entry
 def load_model(
     source: str | Path,
@@ -311,31 +948,45 @@ def load_model(
     arch_kwargs: dict | None = None,
     *,
     trust_pickle: bool = False,
+    trust_code: bool = False,
     model_dir: str | Path = "models",
     dataset: str = "cifar10",
     threat_model: str = "Linf",
     mean: Sequence[float] | None = None,
     std: Sequence[float] | None = None,
-    device: str = "cpu",
+    device: str | torch.device = "cpu",
 ) -> nn.Module:
     """Load a model for analysis: eval mode, parameters frozen, on ``device``.
 
     ``source`` is a checkpoint file or ``robustbench:NAME`` /
     ``robustbench:DATASET/THREAT/NAME``. ``arch`` is needed for weight-only files
-    (state_dicts, checkpoint dicts, safetensors). The result carries
-    ``model.armetrics_info`` (a :class:`ModelInfo`) for the report.
+    (state_dicts, checkpoint dicts, safetensors). ``trust_code`` (or its older name
+    ``trust_pickle``; either trusts both) lets the file run code: pickled Python
+    objects, TorchScript archives, torch.export programs outside the allow-list. The
+    arguments are checked first (LoadError; ConfigError for ``device``). The result
+    carries ``model.armetrics_info`` (a :class:`ModelInfo`) for the report.
     """
-    source = str(source)
-    if source.startswith("robustbench:"):
-        model, info = _load_robustbench(source, model_dir, dataset, threat_model, trust_pickle)
-    else:
-        model, info = _load_file(Path(source), arch, arch_kwargs, trust_pickle, device, dataset, threat_model)
+    source = _source(source)
+    if arch is not None:
+        _text(arch, "arch (--arch)", "nets.py:make_model")
+    arch_kwargs = _arch_kwargs(arch_kwargs)
+    trusted = _flag(trust_pickle, "trust_pickle (--trust-pickle)") | _flag(trust_code, "trust_code (--trust-code)")
+    model_dir = _directory(model_dir, "model_dir (--model-dir)")
+    dataset = _text(dataset, "dataset (--dataset)", "'cifar10'")
+    threat_model = _text(threat_model, "threat_model (--threat-model)", "'Linf'")
     if (mean is None) != (std is None):
         raise LoadError("give both --mean and --std (or neither)")
     if mean is not None:
+        mean, std = _mean_std(mean, std)
+    dev = checks.device(device)
+    if source.startswith("robustbench:"):
+        model, info = _load_robustbench(source, model_dir, dataset, threat_model, trusted)
+    else:
+        model, info = _load_file(Path(source), arch, arch_kwargs, trusted, dev, dataset, threat_model)
+    if mean is not None:
         model = add_normalization(model, mean, std)
         info.notes.append(f"inputs normalized with mean={list(mean)} std={list(std)}")
-    model = eval_mode(model.to(device))
+    model = eval_mode(model.to(dev))
     for p in model.parameters():
         p.requires_grad_(False)
     model.armetrics_info = info
@@ -352,59 +1003,59 @@ def eval_mode(model: nn.Module) -> nn.Module:
 
 
 def _check_file(path: Path) -> str:
-    if not path.exists():
-        raise LoadError(f"{path} does not exist: check the path")
-    if path.is_dir():
-        raise LoadError(f"{path} is a directory, not a checkpoint file: name the file")
-    kind = sniff(path)
+    """The format of a checkpoint file after every check that needs no loader: a regular
+    file, not empty, not an HTML page, a torch archive with plausible member sizes."""
+    st = _regular(path)
+    kind, infos = _sniff(path, st.st_size)
+    shown = _show(path)
     if kind == "empty":
-        raise LoadError(f"{path} is empty (0 bytes): download or save it again")
+        raise LoadError(f"{shown} is empty (0 bytes): download or save it again")
     if kind == "html":
         raise LoadError(
-            f"{path} is an HTML page, not a checkpoint (a failed download, e.g. a Google Drive "
+            f"{shown} is an HTML page, not a checkpoint (a failed download, e.g. a Google Drive "
             f"warning page?): download the file itself again"
         )
     if kind == "zip":
-        raise LoadError(f"{path} is a zip archive but not a torch archive: pass the checkpoint file itself")
+        raise LoadError(f"{shown} is a zip archive but not a torch archive: pass the checkpoint file itself")
     if kind == "unknown":
         raise LoadError(
-            f"{path} is not a recognised checkpoint (state_dict, TorchScript, .pt2, .safetensors): "
+            f"{shown} is not a recognised checkpoint (state_dict, TorchScript, .pt2, .safetensors): "
             f"check the file"
         )
+    if infos:
+        check_zip_members(shown, infos, st.st_size)
     return kind
 
 
-def _load_file(path, arch, arch_kwargs, trust_pickle, device, dataset, threat_model):
+def _load_file(path, arch, arch_kwargs, trusted, device, dataset, threat_model):
     kind = _check_file(path)
-    info = ModelInfo(source=str(path), name=path.stem, format=kind, sha256=sha256_file(path), arch=arch)
+    shown = _show(path)
+    if kind == "torchscript" and not trusted:
+        raise UnsafeCodeError(
+            f"{shown} is a TorchScript archive: it is code (its forward and __setstate__ are programs that can "
+            f"read and write files) and armetrics does not run code from a checkpoint unless told to: {TRUST_FIX}"
+        )
+    info = ModelInfo(source=str(path), name=path.stem, format=kind, sha256=_sha256(path), arch=arch)
     if kind == "torchscript":
         try:
-            return torch.jit.load(str(path), map_location=device), info
+            with _quiet():
+                return torch.jit.load(str(path), map_location=device), info
         except Exception as exc:
-            raise LoadError(f"{path} is a damaged TorchScript archive ({_first_line(exc)}): save it again") from None
+            raise LoadError(f"{shown} is a damaged TorchScript archive ({one_line(first_line(exc))}): save it again") from None
     if kind == "export":
-        try:
-            if trust_pickle:
-                program = torch.export.load(str(path))
-            else:
-                with _forced_weights_only():
-                    program = torch.export.load(str(path))
-        except pickle.UnpicklingError as exc:
-            raise _unsafe_error(path, exc) from None
-        except Exception as exc:
-            raise LoadError(f"{path} is a damaged torch.export archive ({_first_line(exc)}): export it again") from None
-        return program.module(), info
+        return _load_export(path, trusted, info)
     if kind == "safetensors":
         from safetensors import SafetensorError
         from safetensors.torch import load_file
 
         try:
-            state = load_file(str(path), device=device)
+            with _quiet():
+                state = load_file(str(path), device=str(device))
         except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
-            raise LoadError(f"{path} is a damaged .safetensors file ({_first_line(exc)}): save it again") from None
+            raise LoadError(f"{shown} is a damaged .safetensors file ({one_line(first_line(exc))}): save it again") from None
         obj: Any = state
     else:  # torch-zip or legacy pickle
-        obj = _torch_load(path, trust_pickle, device)
+        obj = _torch_load(path, trusted, device)
 
     if isinstance(obj, nn.Module):
         info.format = "pickled-module"
@@ -417,34 +1068,36 @@ def _load_file(path, arch, arch_kwargs, trust_pickle, device, dataset, threat_mo
     state = extract_state_dict(obj)
     if state is None:
         raise LoadError(
-            f"{path} holds a {type(obj).__name__} that is neither a model nor a state_dict "
+            f"{shown} holds a {type(obj).__name__} that is neither a model nor a state_dict "
             f"(looked for keys {', '.join(CHECKPOINT_KEYS)}): save model.state_dict()"
         )
     info.format = "safetensors" if kind == "safetensors" else "state_dict"
     if arch is None:
         raise LoadError(
-            f"{path} is a state_dict ({len(state)} tensors) without an architecture: "
+            f"{shown} is a state_dict ({len(state)} tensors) without an architecture: "
             f"pass --arch SPEC (package.module:callable, file.py:callable or robustbench:NAME)"
         )
     model = build_arch(arch, arch_kwargs, dataset=dataset, threat_model=threat_model)
-    return load_state_into(model, state, source=str(path)), info
+    return load_state_into(model, state, source=shown), info
 
 
-def _load_robustbench(source, model_dir, dataset, threat_model, trust_pickle):
+def _load_robustbench(source, model_dir, dataset, threat_model, trusted):
     ds, tm, name = _robustbench.parse_name(source, dataset, threat_model)
     paths = _robustbench.weight_paths(name, model_dir, ds, tm)
     for p in paths:
-        if p.exists():
+        if p.exists() or p.is_symlink():
             _check_file(p)
-    sha = sha256_file(paths[0]) if paths[0].is_file() else None
+    sha = _sha256(paths[0]) if paths[0].is_file() else None
     info = ModelInfo(source=f"robustbench:{ds}/{tm}/{name}", name=name, format="robustbench",
                      sha256=sha, arch=f"robustbench:{ds}/{tm}/{name}")
-    guard = contextlib.nullcontext() if trust_pickle else _forced_weights_only()
     try:
-        with guard:
+        with _quiet(), _guarded_loads(trusted, _show(paths[0])):
             model = _robustbench.load(name, model_dir, ds, tm)
+    except ArmetricsError:
+        raise
     except pickle.UnpicklingError as exc:
         raise _unsafe_error(paths[0], exc) from None
-    except (RuntimeError, EOFError) as exc:
-        raise LoadError(f"{paths[0]} could not be loaded by robustbench ({_first_line(exc)}): download it again") from None
+    except (RuntimeError, EOFError, OSError, ValueError, KeyError) as exc:
+        raise LoadError(f"{_show(paths[0])} could not be loaded by robustbench ({one_line(first_line(exc))}): "
+                        f"download it again") from None
     return model, info

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import math
 import types
 import typing
 from fractions import Fraction
@@ -74,12 +75,16 @@ def coerce(option: Option, value: Any) -> Any:
         if isinstance(value, bool):
             raise ValueError(f"expected {'an integer' if typ is int else 'a number'}")
         if isinstance(value, str):
-            return _number(value, typ)
+            value = _number(value, typ)
         if typ is int and isinstance(value, float) and not value.is_integer():
             raise ValueError("expected an integer")
-        if isinstance(value, (int, float)):
-            return typ(value)
-        raise ValueError(f"expected {'an integer' if typ is int else 'a number'}")
+        if not isinstance(value, (int, float)):
+            raise ValueError(f"expected {'an integer' if typ is int else 'a number'}")
+        value = typ(value)
+    if typ is float and not math.isfinite(value):
+        raise ValueError("expected a finite number (not nan or inf)")
+    if typ in (int, float):
+        return value
     if typ is str:
         if not isinstance(value, str):
             raise ValueError("expected a string")

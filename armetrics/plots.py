@@ -8,23 +8,35 @@ when no report has the probe or keys the figure needs. Missing keys, ``None``
 
 Figures are drawn on :class:`matplotlib.figure.Figure` with the Agg canvas (no
 pyplot, no display, no global backend switch), constrained layout, and one legend
-outside the axes so it never covers data.
+outside the axes so it never covers data. ``path`` may also be a binary file object
+(the PNG is written into it; :func:`armetrics.compare.compare` draws into memory).
+
+Text taken from reports (model names, layer names, summary keys, option values) is
+shown literally: every figure is drawn with ``text.parse_math`` off (a name such as
+``$\\frac{$`` is not TeX) and ``text.usetex`` off, and such text is put on one line and
+cut to :data:`MAX_TEXT` characters, so a crafted report cannot make a figure
+unreadable, huge or fail. At most :data:`MAX_PANELS` models get a panel of their own.
 """
 
 from __future__ import annotations
 
+import functools
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from .errors import one_line
 from .report import Report
 
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "<", ">")
 DPI = 110
 MAX_NAMED_TICKS = 24  # more layers than this: numeric depth ticks only
+MAX_TEXT = 60  # longest text from a report shown in a figure (legend labels, titles, ticks)
+MAX_PANELS = 48  # spectrum_distribution: panels for at most this many models
 
 
 @dataclass
@@ -54,6 +66,24 @@ def make_series(labels: Sequence[str], reports: Sequence[Report]) -> list[Series
 
 
 # --------------------------------------------------------------------------- helpers
+def literal_text(draw: Callable) -> Callable:
+    """Run a drawing function with matplotlib's mathtext and TeX off: text is drawn as given."""
+    @functools.wraps(draw)
+    def wrapper(*args, **kwargs):
+        from matplotlib import rc_context
+
+        with rc_context({"text.parse_math": False, "text.usetex": False}):
+            return draw(*args, **kwargs)
+
+    return wrapper
+
+
+def shown(text: Any, limit: int = MAX_TEXT) -> str:
+    """Text from a report as a figure shows it: one line, at most ``limit`` characters."""
+    text = one_line(str(text))
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
 def _figure(nrows: int = 1, ncols: int = 1, *, width: float = 6.4, height: float = 4.2, **kw):
     """A figure of ``width`` x ``height`` inches of plots plus a legend column on the
     right (sized in :func:`_save`). Returns the plots' subfigure (call ``suptitle`` on
@@ -85,7 +115,8 @@ def _save(main, path: Path, handles: list, labels: list[str], title: str = "mode
     if handles:
         size = 9.0
         ncol = 1 if len(labels) <= 14 else 2
-        widest = max(_text_width(str(t), size) for t in [*labels, title])
+        labels = [shown(t) for t in labels]
+        widest = max(_text_width(t, size) for t in [*labels, title])
         legend_width = ncol * (widest + 3.6 * size) / 72 + 0.25
         side.legend(handles, labels, loc="upper left", frameon=False, ncol=ncol, title=title, fontsize=size,
                     title_fontsize=size + 1, borderaxespad=0.2)
@@ -93,8 +124,8 @@ def _save(main, path: Path, handles: list, labels: list[str], title: str = "mode
     main._subplotspec.get_gridspec().set_width_ratios([width, legend_width])
     fig.set_size_inches(width + legend_width, fig.get_figheight())
     FigureCanvasAgg(fig)
-    fig.savefig(path, dpi=DPI)
-    return Path(path)
+    fig.savefig(path, dpi=DPI, format="png")
+    return Path(path) if isinstance(path, (str, os.PathLike)) else path
 
 
 def _num(v: Any) -> float:
@@ -124,7 +155,7 @@ def _depth_axis(ax, names_per_model: list[list[str]], xlabel: str) -> None:
     same = all(n == names_per_model[0] for n in names_per_model)
     if same and 0 < longest <= MAX_NAMED_TICKS:
         ax.set_xticks(range(1, longest + 1))
-        ax.set_xticklabels(names_per_model[0], rotation=60, ha="right", rotation_mode="anchor", fontsize=7)
+        ax.set_xticklabels([shown(n, 40) for n in names_per_model[0]], rotation=60, ha="right", rotation_mode="anchor", fontsize=7)
         ax.set_xlabel(xlabel)
     else:
         from matplotlib.ticker import MaxNLocator
@@ -205,12 +236,14 @@ def _per_layer_figure(series: Sequence[Series], probe: str, stats, path: Path, t
     return _save(fig, path, handles, labels)
 
 
+@literal_text
 def plot_spectrum_layers(series: Sequence[Series], path: Path) -> Path | None:
     """Per-layer spectrum statistics (cv, σ_max, condition number, stable rank) vs depth."""
     return _per_layer_figure(series, "spectrum", SPECTRUM_STATS, path,
                              "Weight spectrum per layer", "layer")
 
 
+@literal_text
 def plot_smoothness_layers(series: Sequence[Series], path: Path) -> Path | None:
     """Per-layer smoothness ratios and anisotropy vs depth (last row: the logits), with
     the probe's 95% bootstrap bands where it reports ``<key>_ci_low/high``."""
@@ -272,13 +305,17 @@ def _spectrum_bands(report: Report) -> tuple[list[str], dict[str, list[float]]]:
     return names, out
 
 
+@literal_text
 def plot_spectrum_distribution(series: Sequence[Series], path: Path) -> Path | None:
     """Singular value distribution per layer, one panel per model: σ_min–σ_max range,
-    5–95% and 25–75% quantile bands, median line."""
+    5–95% and 25–75% quantile bands, median line (the first :data:`MAX_PANELS` models
+    that have them)."""
     drawn = [(s, *_spectrum_bands(s.report)) for s in series if _layer_rows(s.report, "spectrum")]
     drawn = [d for d in drawn if _any_finite(d[2]["max"]) or _any_finite(d[2]["mid"])]
     if not drawn:
         return None
+    left_out = max(0, len(drawn) - MAX_PANELS)
+    drawn = drawn[:MAX_PANELS]
     n = len(drawn)
     ncols = min(n, 3)
     nrows = math.ceil(n / ncols)
@@ -296,7 +333,7 @@ def plot_spectrum_distribution(series: Sequence[Series], path: Path) -> Path | N
         ax.fill_between(x, arr["lo"], arr["hi"], color=s.colour, alpha=0.45, linewidth=0)
         ax.plot(x, arr["mid"], color=s.colour, marker=s.marker, markersize=3.5, linewidth=1.5,
                 markevery=max(1, len(x) // 12))
-        ax.set_title(s.label, fontsize=10)
+        ax.set_title(shown(s.label), fontsize=10)
         ax.grid(True, alpha=0.3)
         _depth_axis(ax, [names], "layer")
     finite = [v for v in all_vals if math.isfinite(v) and v > 0]
@@ -311,7 +348,8 @@ def plot_spectrum_distribution(series: Sequence[Series], path: Path) -> Path | N
     handles = [Patch(color=grey, alpha=0.12), Patch(color=grey, alpha=0.3), Patch(color=grey, alpha=0.55),
                Line2D([], [], color=grey, linewidth=1.5)]
     labels = ["σ_min – σ_max", "5–95% of σ", "25–75% of σ", "median σ"]
-    fig.suptitle("Singular value distribution per layer")
+    fig.suptitle("Singular value distribution per layer"
+                 + (f" (first {MAX_PANELS} models; {left_out} more not shown)" if left_out else ""))
     return _save(fig, path, handles, labels, title="band")
 
 
@@ -369,8 +407,8 @@ def _hist_figure(series: Sequence[Series], probe: str, hists, path: Path, title:
             if s.label not in labels:
                 handles.append(line)
                 labels.append(s.label)
-        if math.isfinite(lo) and hi > lo:  # zoom on the occupied bins
-            pad = 0.04 * (hi - lo)
+        pad = 0.04 * (hi - lo) if math.isfinite(lo) and math.isfinite(hi) else math.nan
+        if hi > lo and math.isfinite(lo - pad) and math.isfinite(hi + pad):  # zoom on the occupied bins
             ax.set_xlim(lo - pad, hi + pad)
         if zero_line and ax.get_xlim()[0] < 0 < ax.get_xlim()[1]:
             ax.axvline(0.0, color="0.3", linestyle=":", linewidth=1)
@@ -381,18 +419,21 @@ def _hist_figure(series: Sequence[Series], probe: str, hists, path: Path, title:
     return _save(fig, path, handles, labels)
 
 
+@literal_text
 def plot_margin_hist(series: Sequence[Series], path: Path) -> Path | None:
     """Overlaid histograms of the margin probe's distributions (fractions per bin)."""
     return _hist_figure(series, "margin", MARGIN_HISTS, path,
                         "Margins (end bins include values beyond the histogram range)", zero_line=True)
 
 
+@literal_text
 def plot_confidence_hist(series: Sequence[Series], path: Path) -> Path | None:
     """Overlaid histograms of confidence (max-prob) and entropy."""
     return _hist_figure(series, "confidence", CONFIDENCE_HISTS, path, "Confidence and entropy")
 
 
 # --------------------------------------------------------------------------- reliability
+@literal_text
 def plot_reliability(series: Sequence[Series], path: Path) -> Path | None:
     """Reliability diagram: accuracy vs mean confidence per confidence bin (top), and the
     fraction of samples per bin (bottom). The diagonal is perfect calibration."""
@@ -463,13 +504,15 @@ def _attack_text(series: Sequence[Series]) -> str:
             eps_txt = ""
             if math.isfinite(eps):
                 k = eps * 255
-                eps_txt = f" ε={round(k):d}/255" if abs(k - round(k)) < 1e-6 and k >= 1 else f" ε={eps:g}"
-            parts = [{"pgd": "PGD", "autoattack": "AutoAttack"}.get(str(cfg["attack"]), str(cfg["attack"]))
-                     if k == "attack" else str(cfg[k]) for k in ("attack", "norm") if cfg.get(k) is not None]
+                eps_txt = (f" ε={round(k):d}/255" if math.isfinite(k) and abs(k - round(k)) < 1e-6 and k >= 1
+                           else f" ε={eps:g}")
+            parts = [{"pgd": "PGD", "autoattack": "AutoAttack"}.get(str(cfg["attack"]), shown(cfg["attack"], 20))
+                     if k == "attack" else shown(cfg[k], 20) for k in ("attack", "norm") if cfg.get(k) is not None]
             return (" (" + " ".join(parts) + eps_txt + ")") if parts or eps_txt else ""
     return ""
 
 
+@literal_text
 def plot_accuracy_robust(series: Sequence[Series], path: Path,
                          leaderboard: dict[str, dict[str, Any]] | None = None) -> Path | None:
     """Clean accuracy vs robust accuracy (robust_accuracy probe), one point per model;
@@ -508,6 +551,7 @@ def plot_accuracy_robust(series: Sequence[Series], path: Path,
     return _save(fig, path, handles, labels)
 
 
+@literal_text
 def plot_correlation(series: Sequence[Series], path: Path, rows: Sequence[dict[str, Any]],
                      values: Callable[[Series, str], float], robust: Callable[[Series], float],
                      top: int = 4) -> Path | None:
@@ -530,7 +574,7 @@ def plot_correlation(series: Sequence[Series], path: Path, rows: Sequence[dict[s
             if s.label not in labels:
                 handles.append(h)
                 labels.append(s.label)
-        ax.set_xlabel(key)
+        ax.set_xlabel(shown(key))
         ax.set_title(f"Spearman ρ = {row['spearman_rho']:.2f}  (n = {row['n']})", fontsize=10)
         ax.grid(True, alpha=0.3)
     for ax in axes[:, 0]:

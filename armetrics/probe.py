@@ -97,12 +97,16 @@ class ProbeResult:
     layers: one dict per layer, each with at least ``name`` (a ``named_modules`` name).
     distributions: histograms ``{"edges": [...], "counts": [...]}`` by name.
     details: any further JSON-able data (e.g. a reliability diagram).
+    files: side files of the report by suffix (``{".spectrum.npz": b"..."}``), not part
+        of the JSON: ``Report.save(path)`` writes them beside the report (``r.json`` ->
+        ``r.spectrum.npz``) together with it, so nothing is written during the run.
     """
 
     summary: dict[str, float]
     layers: list[dict[str, Any]] = field(default_factory=list)
     distributions: dict[str, dict[str, Any]] = field(default_factory=dict)
     details: dict[str, Any] = field(default_factory=dict)
+    files: dict[str, bytes] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

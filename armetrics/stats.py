@@ -74,6 +74,10 @@ class ExactSum:
         return self.value
 
 
+#: most bins a probe option may ask for: finer is a typo, and bins are allocated up front
+MAX_BINS = 100_000
+
+
 class Histogram:
     """Counts of values in fixed bins ``edges[i] <= v < edges[i+1]`` (last bin closed).
 

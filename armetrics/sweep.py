@@ -23,7 +23,7 @@ from typing import Any, Callable, Sequence
 import click
 
 from . import interrupt
-from .errors import ArmetricsError, ConfigError, ReportError
+from .errors import ArmetricsError, ConfigError, ReportError, one_line
 
 FAILURES = (ArmetricsError, RuntimeError, ValueError, TypeError, OSError)
 
@@ -34,18 +34,106 @@ def report_name(model: str) -> str:
     return re.sub(r"[^\w.+-]", "_", base) or "model"
 
 
-def fingerprint(model: str, load_kwargs: dict, data_spec: dict | None, probes, options, seed: int) -> str:
-    """What determines a model's report; equal fingerprints mean the report can be reused."""
-    from .engine import make_probes
+def model_identity(model: str, load_kwargs: dict | None = None) -> str:
+    """What names a model uniquely: the resolved path of a file, the full zoo name."""
+    if model.startswith("robustbench:"):
+        from ._robustbench import parse_name
+
+        kw = load_kwargs or {}
+        try:
+            ds, tm, name = parse_name(model, kw.get("dataset", "cifar10"), kw.get("threat_model", "Linf"))
+        except ArmetricsError:
+            return model
+        return f"robustbench:{ds}/{tm}/{name}"
+    return str(Path(model).resolve())
+
+
+def report_names(models: Sequence[str], load_kwargs: dict | None = None) -> dict[str, str]:
+    """A report file stem for each distinct model: its :func:`report_name`, and where two
+    models share one (``a/model.pt``, ``b/model.pt``), the stem plus 8 hex digits of the
+    model's resolved path — the same for a path whatever else is in the sweep."""
+    stems = {m: report_name(m) for m in dict.fromkeys(models)}
+    identities = {m: model_identity(m, load_kwargs) for m in stems}
+    owners: dict[str, set[str]] = {}
+    for m, stem in stems.items():
+        owners.setdefault(stem, set()).add(identities[m])
+    return {m: stem if len(owners[stem]) == 1 else f"{stem}-{hashlib.sha256(identities[m].encode()).hexdigest()[:8]}"
+            for m, stem in stems.items()}
+
+
+def code_sha256(spec: str | None) -> str | None:
+    """Hash of the code an ``--arch`` spec runs: the ``.py`` file, or the source file of
+    ``package.module``; for ``robustbench:NAME`` the robustbench version."""
+    if not spec:
+        return None
     from .loading import sha256_file
 
-    path = Path(model)
+    if spec.startswith("robustbench:"):
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            return f"robustbench {version('robustbench')}"
+        except PackageNotFoundError:
+            return None
+    target = spec.rsplit(":", 1)[0]
+    if target.endswith(".py"):
+        path = Path(target)
+    else:
+        import importlib.util
+
+        try:
+            found = importlib.util.find_spec(target)
+        except (ImportError, ValueError):
+            found = None
+        if found is None or not found.origin or not Path(found.origin).is_file():
+            return None
+        path = Path(found.origin)
+    try:
+        return sha256_file(path) if path.is_file() else None
+    except OSError:
+        return None
+
+
+def _weights_sha256(model: str, load_kwargs: dict) -> list[str | None]:
+    from .loading import sha256_file
+
+    if model.startswith("robustbench:"):
+        from ._robustbench import parse_name, weight_paths
+
+        ds, tm, name = parse_name(model, load_kwargs.get("dataset", "cifar10"), load_kwargs.get("threat_model", "Linf"))
+        paths = weight_paths(name, load_kwargs.get("model_dir", "models"), ds, tm)
+    else:
+        paths = [Path(model)]
+    out = []
+    for p in paths:
+        if p.is_file():
+            from .safeio import regular_file
+
+            regular_file(p, "model file")
+            out.append(sha256_file(p))
+        else:
+            out.append(None)
+    return out
+
+
+def fingerprint(model: str, load_kwargs: dict, data_spec: dict | None, probes, options, seed: int,
+                data_id: str | None = None) -> str:
+    """What determines a model's report; equal fingerprints mean the report can be reused:
+    the model (resolved path and weight file hashes), the ``--arch`` code's hash, the
+    loading options, probe configs, the data selection and its content (``data_id``,
+    :meth:`armetrics.data.Data.fingerprint`), the seed and the armetrics version."""
+    from . import __version__
+    from .engine import make_probes
+
     key: dict[str, Any] = {
-        "model": model,
-        "sha256": sha256_file(path) if path.is_file() else None,
+        "armetrics": __version__,
+        "model": model_identity(model, load_kwargs),
+        "sha256": _weights_sha256(model, load_kwargs),
+        "arch_code": code_sha256(load_kwargs.get("arch")),
         "load": {k: v for k, v in load_kwargs.items() if k != "device"},
         "probes": {p.name: p.config for p in make_probes(probes, options)},
         "data": data_spec,
+        "data_content": data_id,
         "seed": seed,
     }
     return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()
@@ -55,14 +143,18 @@ def existing_fingerprint(path: Path) -> str | None:
     from .report import Report
 
     try:
-        return Report.load(path).data.get("run", {}).get("fingerprint")
+        run = Report.load(path).data.get("run")
     except ReportError:
         return None
+    value = run.get("fingerprint") if isinstance(run, dict) else None
+    return value if isinstance(value, str) else None
 
 
-def analyze_one(model: str, load_kwargs: dict, data: Any, probes, options, seed: int, device: str, progress) -> dict:
-    """Load and analyze one model; the report as a dict. ``data`` is a Data or a spec
-    dict for :func:`armetrics.data.load_data` (what a remote task receives)."""
+def analyze_one(model: str, load_kwargs: dict, data: Any, probes, options, seed: int, device: str, progress,
+                out_path: str | Path | None = None):
+    """Load and analyze one model; the :class:`~armetrics.report.Report` (None on a
+    non-zero rank). ``data`` is a Data or a spec dict for :func:`armetrics.data.load_data`
+    (what a remote task receives)."""
     from .data import load_data
     from .engine import analyze
     from .loading import load_model
@@ -70,16 +162,18 @@ def analyze_one(model: str, load_kwargs: dict, data: Any, probes, options, seed:
     if isinstance(data, dict):
         data = load_data(**data)
     net = load_model(model, **load_kwargs)
-    report = analyze(net, data, probes, options=options, seed=seed, device=device, progress=progress)
-    return None if report is None else report.to_dict()
+    return analyze(net, data, probes, options=options, seed=seed, device=device, progress=progress, out_path=out_path)
 
 
 def run_sweep(models: Sequence[str], out_dir: Path, load_kwargs: dict, data, probes, options, seed: int,
               device: str, progress, quiet: bool, data_spec: dict | None = None, executor: str = "local",
-              ray_address: str | None = None, task_cpus: float = 1, task_gpus: float = 0) -> bool:
-    """Analyze each model into ``out_dir/<name>.json``; print a final table. True if none failed."""
+              ray_address: str | None = None, task_cpus: float = 1, task_gpus: float = 0,
+              inputs: Sequence[str | Path] = ()) -> bool:
+    """Analyze each model into ``out_dir/<name>.json``; print a final table. True if none failed.
+    ``inputs``: files the sweep reads (``--arch`` file, data file) besides the models; no
+    report or side file may resolve to one of them."""
     from . import distributed
-    from .report import Report
+    from .report import Report, check_output_path
 
     d = distributed.current()
     main = d is None or d.is_main
@@ -91,17 +185,16 @@ def run_sweep(models: Sequence[str], out_dir: Path, load_kwargs: dict, data, pro
         if main:
             stale.unlink(missing_ok=True)
 
+    data_id = data.fingerprint() if data is not None and hasattr(data, "fingerprint") else None
+    names = report_names(models, load_kwargs)
+    protected = [*inputs, *(m for m in names if not m.startswith("robustbench:"))]
     rows: dict[str, tuple[str, str]] = {}
     todo: list[tuple[str, Path, str]] = []
-    names: dict[str, int] = {}
-    for model in models:
-        name = report_name(model)
-        names[name] = names.get(name, 0) + 1
-        if names[name] > 1:
-            name = f"{name}-{names[name]}"
+    for model, name in names.items():
         path = out_dir / f"{name}.json"
         try:
-            fp = fingerprint(model, load_kwargs, data_spec, probes, options, seed)
+            check_output_path(path, protected)
+            fp = fingerprint(model, load_kwargs, data_spec, probes, options, seed, data_id)
         except FAILURES as exc:
             rows[model] = ("failed", _first_line(exc))
             continue
@@ -110,15 +203,22 @@ def run_sweep(models: Sequence[str], out_dir: Path, load_kwargs: dict, data, pro
         else:
             todo.append((model, path, fp))
 
-    def finished(model: str, path: Path, fp: str, result: dict | Exception, seconds: float) -> None:
+    def finished(model: str, path: Path, fp: str, result, seconds: float) -> None:
         if isinstance(result, BaseException):
             rows[model] = ("failed", _first_line(result))
             return
         if result is not None:
-            report = Report(result)
+            report = result if isinstance(result, Report) else Report(*result)  # (dict, side files) from Ray
             report.data["run"]["fingerprint"] = fp
             interrupt.check()
-            report.save(path)
+            try:
+                for target in report.output_paths(path):
+                    check_output_path(target, protected)
+                report.save(path)
+            except ArmetricsError as exc:
+                rows[model] = ("failed", _first_line(exc))
+                return
+            interrupt.wrote(path)
         rows[model] = ("ok", f"{path} ({seconds:.1f}s)")
         if not quiet and main:
             done = sum(1 for s, _ in rows.values() if s != "skipped")
@@ -132,7 +232,7 @@ def run_sweep(models: Sequence[str], out_dir: Path, load_kwargs: dict, data, pro
                 click.echo(f"analyzing {model} ...", err=True)
             t = time.perf_counter()
             try:
-                result: Any = analyze_one(model, load_kwargs, data, probes, options, seed, device, progress)
+                result: Any = analyze_one(model, load_kwargs, data, probes, options, seed, device, progress, out_path=path)
             except FAILURES as exc:
                 result = exc
             finished(model, path, fp, result, time.perf_counter() - t)
@@ -143,7 +243,7 @@ def run_sweep(models: Sequence[str], out_dir: Path, load_kwargs: dict, data, pro
         width = max(len(m) for m, _, _ in ordered)
         click.echo(f"{'model':<{width}}  status   detail")
         for m, status, detail in ordered:
-            click.echo(f"{m:<{width}}  {status:<7}  {detail}")
+            click.echo(f"{m:<{width}}  {status:<7}  {one_line(detail)}")
     return all(status != "failed" for _, status, _ in ordered)
 
 
@@ -174,17 +274,18 @@ def _run_ray(todo, finished: Callable, load_kwargs, data_spec, probes, options, 
         except (ConnectionError, RuntimeError, ValueError) as exc:
             raise ArmetricsError(f"cannot start or reach Ray at {address or 'a local instance'} ({_first_line(exc)}): check --ray-address") from None
 
-    def task(model):
+    def task(model, path):
         import armetrics.sweep as sw
 
         t = time.perf_counter()
         try:
-            return sw.analyze_one(model, load_kwargs, data_spec, probes, options, seed, device, False), time.perf_counter() - t
+            report = sw.analyze_one(model, load_kwargs, data_spec, probes, options, seed, device, False, out_path=path)
+            return (None if report is None else (report.to_dict(), report.files)), time.perf_counter() - t
         except sw.FAILURES as exc:
             return ArmetricsError(f"{type(exc).__name__}: {_first_line(exc)}") if not isinstance(exc, ArmetricsError) else exc, time.perf_counter() - t
 
     remote = ray.remote(num_cpus=cpus, num_gpus=gpus, max_retries=0)(task)
-    pending = {remote.remote(target): (model, path, fp) for target, path, fp, model in todo}
+    pending = {remote.remote(target, str(path)): (model, path, fp) for target, path, fp, model in todo}
     while pending:
         done, _ = ray.wait(list(pending), num_returns=1)
         model, path, fp = pending.pop(done[0])

@@ -76,7 +76,7 @@ def test_probes_command(cli_inproc):
     (["--set", "accuracy.per_clas=true"], "valid options: per_class", 1),
     (["--set", "accuracyper_class"], "malformed --set", 1),
     (["--set", "accuracy.per_class=maybe"], "expected true or false", 1),
-    (["-n", "0"], "-n must be a positive", 1),
+    (["-n", "0"], "-n must be an integer of at least 1", 1),
     (["--data", "/no/such/dir"], "does not exist", 1),
     (["--arch-kwargs", "{bad"], "--arch-kwargs is not JSON", 1),
     (["--mean", "0.5,x", "--std", "1,1,1"], "--mean takes comma-separated numbers", 1),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import csv
+import hashlib
 import json
 import math
 import struct
@@ -285,11 +286,16 @@ def test_accuracy_only_reports_make_no_figures(tmp_path, npz):
     data = am.load_data(npz, batch_size=64)
     reps = [am.analyze(make_net(s), data, ["accuracy"]) for s in (0, 1)]
     (tmp_path / "out").mkdir()
-    (tmp_path / "out" / "margin_hist.png").write_bytes(b"stale figure of an earlier comparison")
+    stale = b"stale figure of an earlier comparison"
+    (tmp_path / "out" / "margin_hist.png").write_bytes(stale)  # listed in that comparison's manifest
+    (tmp_path / "out" / ".armetrics-compare.json").write_text(
+        json.dumps({"files": {"margin_hist.png": hashlib.sha256(stale).hexdigest()}}))
+    (tmp_path / "out" / "reliability.png").write_bytes(b"the user's own figure")  # not listed: never removed
     (tmp_path / "out" / "notes.txt").write_text("the user's own file")
     res = am.compare(reps, tmp_path / "out")  # the submodule is imported: am.compare is it, and callable
     assert res.figures == {}
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["index.html", "notes.txt", "summary.csv"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
+        ".armetrics-compare.json", "index.html", "notes.txt", "reliability.png", "summary.csv"]
     assert "No figures" in res.html.read_text()
     rows = read_csv(res.summary_csv)
     assert [float(r["accuracy.accuracy"]) for r in rows] == [r.summary("accuracy")["accuracy"] for r in reps]

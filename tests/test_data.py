@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 import armetrics as am
-from armetrics.errors import DataError
+from armetrics.errors import ConfigError, DataError
 
 
 def test_packaged_sample_is_balanced_cifar10():
@@ -113,13 +113,12 @@ def test_corrupt_image_named(tmp_path):
     (tmp_path / "a").mkdir()
     Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(tmp_path / "a" / "ok.png")
     (tmp_path / "a" / "bad.jpg").write_bytes(b"\xff\xd8 not a jpeg")
-    d = am.load_data(tmp_path, seed=None)
-    with pytest.raises(DataError, match="bad.jpg"):
-        list(d)
+    with pytest.raises(DataError, match="bad.jpg"):  # its header is read by load_data, before any pass
+        list(am.load_data(tmp_path, seed=None))
 
 
 def test_bad_n():
-    with pytest.raises(DataError, match="-n must be a positive"):
+    with pytest.raises(ConfigError, match="-n must be an integer of at least 1, got 0"):
         am.load_data(n=0)
     with pytest.raises(DataError, match="does not exist"):
         am.load_data("/no/such/dir")

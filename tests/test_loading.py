@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 import armetrics as am
-from armetrics.errors import LoadError, UnsafePickleError
+from armetrics.errors import LoadError, UnsafeCodeError, UnsafePickleError
 from armetrics.loading import align_keys, sniff
 
 CONFTEST = Path(__file__).resolve().parent / "conftest.py"
@@ -77,7 +77,9 @@ def test_torchscript(tmp_path, net):
     p = tmp_path / "ts.pt"
     torch.jit.save(torch.jit.trace(net, torch.rand(1, 3, 8, 8)), str(p))
     assert sniff(p) == "torchscript"
-    m = am.load_model(p)
+    with pytest.raises(UnsafeCodeError, match="TorchScript archive.*--trust-code"):
+        am.load_model(p)  # TorchScript is code: refused unless trusted (issue 15)
+    m = am.load_model(p, trust_code=True)
     assert same_outputs(m, net)
 
 

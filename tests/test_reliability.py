@@ -117,7 +117,7 @@ CASES = {
     "no images": (_no_images, "contains no images"),
     "corrupt image": (_corrupt_image, "cannot decode image"),
     "labels out of range": (_labels_out_of_range, "out of range"),
-    "-n 0": (lambda t: [CKPT, "--arch", ARCH, "-n", "0"], "-n must be a positive"),
+    "-n 0": (lambda t: [CKPT, "--arch", ARCH, "-n", "0"], "-n must be an integer of at least 1"),
     "unknown probe": (lambda t: [CKPT, "--arch", ARCH, "--probes", "acc"], "unknown probe 'acc'"),
     "unknown option": (lambda t: [CKPT, "--arch", ARCH, "--set", "accuracy.bins=3"], "has no option 'bins'"),
     "malformed --set": (lambda t: [CKPT, "--arch", ARCH, "--set", "accuracy"], "malformed --set"),

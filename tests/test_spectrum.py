@@ -86,6 +86,8 @@ def test_reshape_end_to_end_rows_summary_histograms_and_saved_values(net, no_dat
 
     # the saved values are the linalg values, with the BN folded where the row says so
     path = values_path(tmp_path / "r.json")
+    assert not path.exists()  # written by Report.save with the report, not during the run
+    report.save(tmp_path / "r.json")
     assert path.name == "r.spectrum.npz" and report.to_dict()["probes"]["spectrum"]["details"]["values_path"] == str(path)
     saved = np.load(path)
     assert sorted(saved.files) == ["dw", "head", "stem"]

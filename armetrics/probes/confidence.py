@@ -27,7 +27,7 @@ import torch
 from ..errors import ConfigError
 from ..probe import Batch, Probe, ProbeResult
 from ..registry import register_probe
-from ..stats import ExactSum, Histogram
+from ..stats import MAX_BINS, ExactSum, Histogram
 from .accuracy import top1_correct
 
 
@@ -99,8 +99,8 @@ class Confidence(Probe):
         super().__init__()
         self.bins = bins
         self.hist_bins = hist_bins
-        if bins < 1 or hist_bins < 1:
-            raise ConfigError(f"confidence.bins and hist_bins must be at least 1, got {bins} and {hist_bins}")
+        if not (1 <= bins <= MAX_BINS and 1 <= hist_bins <= MAX_BINS):
+            raise ConfigError(f"confidence.bins and hist_bins must be between 1 and {MAX_BINS}, got {bins} and {hist_bins}")
         self.edges = torch.linspace(0.0, 1.0, bins + 1, dtype=torch.float64)
         self.add_state("n", 0, "sum")
         self.add_state("n_nonfinite", 0, "sum")

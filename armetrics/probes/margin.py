@@ -28,7 +28,7 @@ from ..boundary import MIN_RADIUS_RATIO, boundary_distance
 from ..errors import ConfigError, ProbeError
 from ..probe import Batch, Context, Probe, ProbeResult
 from ..registry import register_probe
-from ..stats import Histogram, QuantileSketch
+from ..stats import MAX_BINS, Histogram, QuantileSketch
 
 #: relative error of every quantile (median, q05, ...) this probe reports
 SKETCH_ALPHA = 0.005
@@ -124,8 +124,8 @@ class Margin(Probe):
         self.search_steps = search_steps
         self.targets = targets
         self.restarts = restarts
-        if bins < 1:
-            raise ConfigError(f"margin.bins must be at least 1, got {bins}")
+        if not 1 <= bins <= MAX_BINS:
+            raise ConfigError(f"margin.bins must be between 1 and {MAX_BINS}, got {bins}")
         if not logit_range > 0:
             raise ConfigError(f"margin.logit_range must be positive, got {logit_range}")
         if not self.norms or len(set(self.norms)) != len(self.norms) or not set(self.norms) <= {"L2", "Linf"}:

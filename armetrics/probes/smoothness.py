@@ -136,6 +136,8 @@ class Smoothness(Probe):
                 raise ConfigError(f"smoothness.{name} must be >= 0, got {value}: pass e.g. --set smoothness.{name}=10")
         if radius is not None and not (radius >= 0 and math.isfinite(radius)):
             raise ConfigError(f"smoothness.radius must be a finite number >= 0, got {radius}: e.g. --set smoothness.radius=0.5")
+        if bootstrap > 100_000:
+            raise ConfigError(f"smoothness.bootstrap must be at most 100000 resamples, got {bootstrap}")
         if max_samples is not None and max_samples < 1:
             raise ConfigError(f"smoothness.max_samples must be >= 1 or none, got {max_samples}")
         self.layers = layers

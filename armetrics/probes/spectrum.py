@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import fnmatch
+import io
 import math
-import os
-import tempfile
 import time
+import zipfile
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -14,17 +14,24 @@ import numpy as np
 import torch
 from torch import nn
 
-from .. import interrupt
+from .. import checks, interrupt
 from ..errors import ArmetricsError, ConfigError, ProbeError
 from ..linalg import LINEAR_TYPES, TracedLayer, all_finite, singular_values, trace_layers
 from ..probe import Probe, ProbeResult
 from ..registry import register_probe
+from ..report import side_path
 from ..stats import Histogram
 
 QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
 STAT_KEYS = ("sigma_max", "sigma_min", "mean", "std", "cv", "condition_number", "stable_rank", "effective_rank",
              *(f"q{round(q * 100):02d}" for q in QUANTILES))
 DEFAULT_INPUT = (3, 32, 32)
+#: suffix of the ``save_values`` side file (``r.json`` -> ``r.spectrum.npz``)
+VALUES_SUFFIX = ".spectrum.npz"
+#: option bounds: a run must stay bounded in time and memory whatever the options
+MAX_BINS = 10_000
+MAX_INPUT_PIXELS = 512 * 512  # H*W of input_size (ImageNet's 224x224 and 512x512 fit)
+MAX_INPUT_CHANNELS = 4096
 
 
 def spectrum_stats(sigma: np.ndarray, complete: bool = True) -> dict[str, float]:
@@ -123,16 +130,12 @@ class Spectrum(Probe):
         self.method = method
         self.fold_bn = fold_bn
         self.layers = list(layers) if layers else None
-        self.bins = bins
+        self.bins = checks.integer(bins, "spectrum.bins", minimum=1)
         self.save_values = save_values
-        self.input_size = tuple(input_size) if input_size else None
-        self.k = k
-        if bins < 1:
-            raise ConfigError(f"spectrum.bins must be at least 1, got {bins}")
-        if k < 1:
-            raise ConfigError(f"spectrum.k must be at least 1, got {k}")
-        if self.input_size is not None and len(self.input_size) != 3:
-            raise ConfigError(f"spectrum.input_size must be C,H,W (e.g. 3,32,32), got {self.input_size}")
+        self.k = checks.integer(k, "spectrum.k", minimum=1)
+        if self.bins > MAX_BINS:
+            raise ConfigError(f"spectrum.bins={self.bins} is more than {MAX_BINS}: use --set spectrum.bins={MAX_BINS} or fewer")
+        self.input_size = _input_size(input_size) if input_size else None
 
     # ------------------------------------------------------------------ layer selection
     def _select(self, model: nn.Module) -> list[tuple[str, nn.Module]]:
@@ -178,11 +181,12 @@ class Spectrum(Probe):
         modules = dict(selected)
         order = [n for n in traced if n in modules]
         order += [n for n in modules if n not in traced]  # never reached by the forward pass: last
+        ranks = self._check_k(modules, traced)
 
         rows, dists, saved = [], {}, {}
         for name in order:
             interrupt.check()
-            row, sigma = self._layer(name, modules[name], traced.get(name))
+            row, sigma = self._layer(name, modules[name], traced.get(name), ranks.get(name))
             rows.append(row)
             if sigma is not None:
                 hi = row["sigma_max"] if row["sigma_max"] > 0 else 1.0
@@ -190,11 +194,32 @@ class Spectrum(Probe):
                 hist.update(sigma)
                 dists[name] = hist.to_dict()
                 saved[name] = sigma
+        files = {}
         if self.save_values:
-            details["values_path"] = self._save(saved, details)
-        return ProbeResult(summary=summarize(rows), layers=rows, distributions=dists, details=details)
+            if self.ctx.out_path:  # written by Report.save together with the report, never before
+                files[VALUES_SUFFIX] = npz_bytes(saved)
+                details["values_path"] = str(values_path(self.ctx.out_path))
+            else:
+                details["values_path"] = None
+                details["values_note"] = ("save_values needs the report's output path (-o/--out or "
+                                          "analyze(out_path=...)): values not saved")
+        return ProbeResult(summary=summarize(rows), layers=rows, distributions=dists, details=details, files=files)
 
-    def _layer(self, name: str, module: nn.Module, trace: TracedLayer | None) -> tuple[dict[str, Any], np.ndarray | None]:
+    def _check_k(self, modules: dict[str, nn.Module], traced: dict[str, TracedLayer]) -> dict[str, int]:
+        """For ``power``: each layer's number of singular values (the rank bound of its
+        operator) by name; ConfigError when ``k`` exceeds it for every selected layer."""
+        if self.method != "power":
+            return {}
+        ranks = {name: _full_count(m, traced.get(name)) for name, m in modules.items()
+                 if isinstance(m, nn.Linear) or name in traced}
+        if ranks and self.k > max(ranks.values()):
+            largest = max(ranks.values())
+            raise ConfigError(f"spectrum.k={self.k} is more than any selected layer has singular values (at most "
+                              f"{largest}): use --set spectrum.k={largest} or less")
+        return ranks
+
+    def _layer(self, name: str, module: nn.Module, trace: TracedLayer | None,
+               rank: int | None = None) -> tuple[dict[str, Any], np.ndarray | None]:
         row: dict[str, Any] = {"name": name, "type": type(module).__name__, "weight_shape": list(module.weight.shape)}
         if isinstance(module, nn.Conv2d):
             row.update(stride=list(module.stride), padding=module.padding if isinstance(module.padding, str) else list(module.padding),
@@ -211,9 +236,13 @@ class Spectrum(Probe):
         if self.method != "reshape" and isinstance(module, nn.Conv2d) and trace is None:
             row.update(empty, count=0, error="not reached by the forward pass: input shape unknown")
             return row, None
+        k = self.k
+        if self.method == "power":
+            k = min(self.k, rank) if rank is not None else self.k
+            row["k"] = k  # top values asked for: spectrum.k, at most the layer's number of singular values
         t = time.perf_counter()
         try:
-            sigma = singular_values(module, trace.input_shape if trace else None, self.method, k=self.k, bn=bn)
+            sigma = singular_values(module, trace.input_shape if trace else None, self.method, k=k, bn=bn)
         except ProbeError:
             row.update(empty, count=0, nonfinite=True)
             return row, None
@@ -227,28 +256,36 @@ class Spectrum(Probe):
                    seconds=time.perf_counter() - t)
         return row, sigma
 
-    def _save(self, values: dict[str, np.ndarray], details: dict) -> str | None:
-        out = self.ctx.out_path
-        if not out:
-            details["values_note"] = "save_values needs the report's output path (-o/--out or analyze(out_path=...)): values not saved"
-            return None
-        path = values_path(out)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                np.savez(f, **values)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        return str(path)
-
 
 def values_path(report_path: str | Path) -> Path:
     """Where ``save_values`` writes: the report path with suffix ``.spectrum.npz``
     (``r.json`` -> ``r.spectrum.npz``); keys of the npz are layer names."""
-    return Path(report_path).with_suffix(".spectrum.npz")
+    return side_path(report_path, VALUES_SUFFIX)
+
+
+def npz_bytes(values: dict[str, np.ndarray]) -> bytes:
+    """An ``.npz`` (as ``np.savez`` writes it, readable by ``np.load``) of ``values`` by
+    name, in memory. Unlike ``np.savez(**values)`` any layer name works as a key (also
+    ``file`` or ``allow_pickle``); no pickles."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED, allowZip64=True) as z:
+        for name, array in values.items():
+            with z.open(f"{name}.npy", "w", force_zip64=True) as f:
+                np.lib.format.write_array(f, np.asanyarray(array), allow_pickle=False)
+    return buf.getvalue()
+
+
+def _input_size(value: Any) -> tuple[int, int, int]:
+    """``input_size`` as three positive integers, within the bounds that keep the trace
+    and ``fft``/``power`` bounded in memory (:data:`MAX_INPUT_PIXELS`, :data:`MAX_INPUT_CHANNELS`)."""
+    size = tuple(value) if isinstance(value, (list, tuple)) else (value,)
+    if len(size) != 3:
+        raise ConfigError(f"spectrum.input_size must be C,H,W (e.g. 3,32,32), got {size}")
+    c, h, w = (checks.integer(v, "spectrum.input_size", minimum=1) for v in size)
+    if c > MAX_INPUT_CHANNELS or h * w > MAX_INPUT_PIXELS:
+        raise ConfigError(f"spectrum.input_size={c},{h},{w} is too large: at most {MAX_INPUT_CHANNELS} channels "
+                          f"and H*W <= {MAX_INPUT_PIXELS} (512x512)")
+    return c, h, w
 
 
 def _full_count(module: nn.Module, trace: TracedLayer | None) -> int:
