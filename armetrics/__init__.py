@@ -28,7 +28,7 @@ _EXPORTS = {
     "list_probes": "armetrics.registry",
     "ArmetricsError": "armetrics.errors",
 }
-_SUBMODULES = {"linalg", "stats", "attacks", "errors", "data", "loading", "engine", "report", "registry", "probes", "hooks"}
+_SUBMODULES = {"linalg", "stats", "attacks", "errors", "checks", "data", "loading", "engine", "report", "registry", "probes", "hooks"}
 
 __all__ = sorted(_EXPORTS) + ["__version__"]
 

@@ -114,11 +114,17 @@ def _finite(v: Any) -> bool:
 
 # --------------------------------------------------------------------------- loading and checks
 def _expand(items: Iterable[Report | str | Path]) -> list[tuple[Report, str]]:
+    if isinstance(items, (str, Path, Report)):
+        items = [items]
+    if not isinstance(items, Iterable) or isinstance(items, (bytes, dict)):
+        raise ReportError(f"reports must be a list of Report objects, report files or directories, got {type(items).__name__}")
     out: list[tuple[Report, str]] = []
     for i, item in enumerate(items):
         if isinstance(item, Report):
             out.append((item, f"report #{i + 1} ({item.model.get('name')})"))
             continue
+        if not isinstance(item, (str, os.PathLike)):
+            raise ReportError(f"reports[{i}] is a {type(item).__name__}, not a Report, a report file or a directory of reports")
         path = Path(item)
         if path.is_dir():
             files = sorted(f for f in path.glob("*.json") if not f.name.startswith("."))  # not the manifest
@@ -419,8 +425,8 @@ def compare(reports: Sequence[Report | str | Path], out: str | Path, against: st
     ``against``. Reports on different data selections are allowed and noted.
     """
     check_against(against)
-    if isinstance(reports, (str, Path, Report)):
-        reports = [reports]
+    if not isinstance(out, (str, os.PathLike)):
+        raise ConfigError(f"out must be a directory path (str or Path), got {type(out).__name__}: e.g. compare(reports, out='cmp/')")
     loaded = _expand(reports)
     if not loaded:
         raise ConfigError("compare needs at least one report: pass report files written by `armetrics analyze`")

@@ -70,6 +70,8 @@ def _load_all() -> None:
 
 def get_probe(name: str) -> type:
     """The probe class registered as ``name``; a ConfigError with close matches otherwise."""
+    if not isinstance(name, str):
+        raise ConfigError(f"a probe name must be a string such as 'margin', got {name!r} (see `armetrics probes`)")
     _load_all()
     try:
         return _PROBES[name]
@@ -84,6 +86,8 @@ def get_probe(name: str) -> type:
 
 def list_probes(pattern: str | None = None) -> list[str]:
     """Registered probe names, sorted, optionally filtered by an fnmatch pattern."""
+    if pattern is not None and not isinstance(pattern, str):
+        raise ConfigError(f"a probe name pattern must be a string such as 'm*', got {pattern!r}")
     _load_all()
     names = sorted(_PROBES)
     return [n for n in names if pattern is None or fnmatch.fnmatch(n, pattern)]

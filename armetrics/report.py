@@ -336,6 +336,8 @@ class Report:
         (:func:`atomic_write`). Refused with ReportError, before anything is written, when
         a file to write is not a regular file or is one of this report's own input files
         (:meth:`inputs`) or of ``inputs`` (:func:`check_output_path`)."""
+        if not isinstance(path, (str, os.PathLike)):
+            raise ReportError(f"a report path must be a str or Path, got {type(path).__name__}: e.g. report.save('r.json')")
         paths = self.output_paths(path)
         protect = [*self.inputs(), *inputs]
         for p in paths:
@@ -345,6 +347,8 @@ class Report:
 
     @classmethod
     def load(cls, path: str | Path) -> "Report":
+        if not isinstance(path, (str, os.PathLike)):
+            raise ReportError(f"a report path must be a str or Path, got {type(path).__name__}: pass the .json file armetrics analyze wrote")
         path = Path(path)
         try:
             raw = read_bytes(path, "report", ReportError, limit=MAX_REPORT_BYTES)

@@ -19,7 +19,7 @@ import pytest
 import torch
 
 import armetrics as am
-from armetrics.errors import ArmetricsError, ConfigError, DataError
+from armetrics.errors import ArmetricsError, ConfigError, DataError, ReportError
 from conftest import CONFTEST_PATH, make_tiny_net
 
 TINY_ARCH = f"{CONFTEST_PATH}:make_tiny_net"
@@ -286,6 +286,14 @@ API_CALLS = {
     "analyze options={p: 3}": (lambda net, npz: am.analyze(net, npz, ["margin"], options={"margin": 3}), ConfigError, "options['margin']"),
     "analyze option nan": (lambda net, npz: am.analyze(net, npz, ["margin"], options={"margin": {"logit_range": float("nan")}}), ConfigError, "finite"),
     "analyze progress='yes'": (lambda net, npz: am.analyze(net, npz, ["accuracy"], progress="yes"), ConfigError, "progress"),
+    "analyze out_path=3": (lambda net, npz: am.analyze(net, npz, ["spectrum"], out_path=3), ConfigError, "out_path"),
+    "Report.load(5)": (lambda net, npz: am.Report.load(5), ReportError, "str or Path"),
+    "Report.save(None)": (lambda net, npz: am.analyze(net, npz, ["spectrum"]).save(None), ReportError, "str or Path"),
+    "compare(None)": (lambda net, npz: am.compare(None, "cmp"), ReportError, "reports must be"),
+    "compare([5])": (lambda net, npz: am.compare([5], "cmp"), ReportError, "reports[0]"),
+    "compare out=5": (lambda net, npz: am.compare([am.analyze(net, npz, ["spectrum"])], 5), ConfigError, "out must be"),
+    "get_probe(5)": (lambda net, npz: am.get_probe(5), ConfigError, "probe name must be a string"),
+    "list_probes(5)": (lambda net, npz: am.list_probes(5), ConfigError, "pattern must be a string"),
 }
 
 

@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 import armetrics as am
-from armetrics import loading
+from armetrics import export_check, loading
 from armetrics.errors import ArmetricsError, LoadError, UnsafeCodeError
 from conftest import CONFTEST_PATH
 
@@ -241,17 +241,17 @@ def test_loaded_graph_is_walked_too(tmp_path, programs):
         warnings.simplefilter("ignore")
         program = torch.export.load(str(evil))
     with pytest.raises(UnsafeCodeError, match="from_file"):
-        loading.check_exported_program(evil, program)
+        export_check.check_exported_program(evil, program)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         good = torch.export.load(str(programs["cond"]))
-    loading.check_exported_program(programs["cond"], good)  # cond and its subgraphs pass
+    export_check.check_exported_program(programs["cond"], good)  # cond and its subgraphs pass
     for node in good.graph_module.true_graph_0.graph.nodes:  # a nested subgraph is walked
         if node.op == "call_function":
             node.target = torch.ops.aten.from_file.default
             break
     with pytest.raises(UnsafeCodeError, match="from_file"):
-        loading.check_exported_program(programs["cond"], good)
+        export_check.check_exported_program(programs["cond"], good)
     assert not target.exists()
 
 
@@ -377,10 +377,10 @@ def test_export_allow_list_on_real_architectures():
         warnings.simplefilter("ignore")
         for model in (torchvision.models.resnet18(num_classes=10), Misc()):
             ep = torch.export.export(model.eval(), (torch.rand(2, 3, 16, 16),))
-            loading.check_exported_program("model.pt2", ep)
+            export_check.check_exported_program("model.pt2", ep)
             buf = io.BytesIO()
             torch.export.save(ep, buf)
-            loading.check_export_archive("model.pt2", buf)
+            export_check.check_export_archive("model.pt2", buf)
 
 
 # ============================================================ bombs
@@ -757,9 +757,9 @@ def test_loading_prints_no_library_warnings(tmp_path, programs, capfd, monkeypat
 
 def test_guard_and_symbolic_size_checkers():
     """What torch writes passes; anything reaching past size arithmetic does not."""
-    assert loading._guard_problem("(L['x'].size()[0] // 2) <= L['x'].size()[0]") is None
-    assert loading._guard_problem("math.floor(L['x'].size()[0] / 3) == 2") is None
-    assert loading._guard_problem("torch.save(L['x'], 'p')") is not None
-    assert loading._guard_problem("L['x'].size.__self__") is not None
-    assert loading._sympy_problem("Mul(Integer(2), Symbol('s65', positive=True, integer=True))") is None
-    assert loading._sympy_problem("Symbol('s0').__class__") is not None
+    assert export_check._guard_problem("(L['x'].size()[0] // 2) <= L['x'].size()[0]") is None
+    assert export_check._guard_problem("math.floor(L['x'].size()[0] / 3) == 2") is None
+    assert export_check._guard_problem("torch.save(L['x'], 'p')") is not None
+    assert export_check._guard_problem("L['x'].size.__self__") is not None
+    assert export_check._sympy_problem("Mul(Integer(2), Symbol('s65', positive=True, integer=True))") is None
+    assert export_check._sympy_problem("Symbol('s0').__class__") is not None

@@ -132,8 +132,10 @@ class Margin(Probe):
             raise ConfigError(f"margin.norms must be distinct names from L2, Linf, got {','.join(map(str, self.norms)) or 'nothing'}")
         if not (max_l2 > 0 and max_linf > 0):
             raise ConfigError("margin.max_l2 and margin.max_linf must be positive")
-        if (steps is not None and steps < 1) or search_steps < 0 or targets < 0 or restarts < 1:
-            raise ConfigError("margin.steps and restarts must be >= 1, search_steps and targets >= 0")
+        if (steps is not None and not 1 <= steps <= 10_000) or not (0 <= search_steps <= 64 and 0 <= targets <= 1_000
+                                                                     and 1 <= restarts <= 1_000):
+            raise ConfigError("margin needs 1 <= steps <= 10000, 1 <= restarts <= 1000, 0 <= search_steps <= 64 "
+                              "(bisection halves the interval each step) and 0 <= targets <= 1000")
 
         self.add_state("n", 0, "sum")
         self.add_state("n_nonfinite", 0, "sum")

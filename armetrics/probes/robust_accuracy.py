@@ -129,8 +129,8 @@ class RobustAccuracy(Probe):
         super().__init__()
         if eps is not None and not (eps >= 0 and math.isfinite(eps)):
             raise ConfigError(f"robust_accuracy.eps must be a finite number >= 0, got {eps}: e.g. --set robust_accuracy.eps=8/255")
-        if steps < 0 or restarts < 1:
-            raise ConfigError(f"robust_accuracy needs steps >= 0 and restarts >= 1 (got {steps}, {restarts})")
+        if not (0 <= steps <= 10_000 and 1 <= restarts <= 1_000):
+            raise ConfigError(f"robust_accuracy needs 0 <= steps <= 10000 and 1 <= restarts <= 1000 (got {steps}, {restarts})")
         self.attack = attack
         self.eps = eps
         self.norm = norm

@@ -136,8 +136,10 @@ class Smoothness(Probe):
                 raise ConfigError(f"smoothness.{name} must be >= 0, got {value}: pass e.g. --set smoothness.{name}=10")
         if radius is not None and not (radius >= 0 and math.isfinite(radius)):
             raise ConfigError(f"smoothness.radius must be a finite number >= 0, got {radius}: e.g. --set smoothness.radius=0.5")
-        if bootstrap > 100_000:
-            raise ConfigError(f"smoothness.bootstrap must be at most 100000 resamples, got {bootstrap}")
+        for name, value, most in (("directions", directions, 10_000), ("iters", iters, 1_000),
+                                  ("pgd_steps", pgd_steps, 10_000), ("bootstrap", bootstrap, 100_000)):
+            if value > most:
+                raise ConfigError(f"smoothness.{name} must be at most {most}, got {value}")
         if max_samples is not None and max_samples < 1:
             raise ConfigError(f"smoothness.max_samples must be >= 1 or none, got {max_samples}")
         self.layers = layers
