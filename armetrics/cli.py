@@ -121,8 +121,7 @@ def analyze(models, arch, arch_kwargs, probes, data_src, n, batch_size, seed, de
             dataset, threat_model, trust_code, out, out_dir, executor, ray_address, task_cpus, task_gpus,
             quiet, debug) -> None:
     """Analyze MODEL (a checkpoint file or robustbench:NAME) with the selected probes."""
-    from . import distributed
-    from . import checks
+    from . import checks, distributed
     from .engine import analyze as run_analysis, make_probes
     from .options import parse_sets
     from .report import check_output_path
@@ -175,9 +174,7 @@ def analyze(models, arch, arch_kwargs, probes, data_src, n, batch_size, seed, de
         table += "\n(the table shows headline keys; --out FILE.json saves the full report)"
     if out:
         interrupt.check()
-        for target in report.output_paths(out):  # the report and its side files
-            check_output_path(target, inputs)
-        report.save(out)
+        report.save(out, inputs=inputs)  # refuses side files or the report over an input
         interrupt.wrote(out)
     click.echo(table)
     if out and not quiet:

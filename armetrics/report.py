@@ -119,27 +119,31 @@ def _existing(path: Path, real: Path) -> os.stat_result | None:
 def check_output_path(path: str | Path, inputs: Iterable[str | Path | None] = (), what: str = "output") -> None:
     """Raise ReportError unless ``path`` may be (over)written by armetrics: it must not
     resolve to one of ``inputs`` (the model file, the ``--arch`` .py file, the data file:
-    the same file by :func:`os.path.samefile`, or the same :func:`os.path.realpath`), and
-    it must not exist as anything but a regular file (a device, a FIFO, a socket, a
-    directory). ``None`` entries are skipped; an input that does not exist matches only
-    by its resolved path (``robustbench:NAME`` never matches). Nothing is opened or
-    created. Use it before a run for every file the run will write (``--out``,
-    ``--out-dir`` entries, :meth:`Report.output_paths`)."""
+    the same file by :func:`os.path.samefile`, or the same :func:`os.path.realpath`), nor
+    to an existing file inside an input *directory* (an ImageFolder's image), and it must
+    not exist as anything but a regular file (a device, a FIFO, a socket, a directory).
+    ``None`` and names of files that do not exist in ``inputs`` are ignored. Nothing is
+    opened or created."""
     path = Path(path)
     real = _realpath(path)
-    _existing(path, real)
+    existing = _existing(path, real)
     for inp in inputs:
         if inp is None:
             continue
         try:
-            same = os.path.realpath(os.fspath(inp)) == str(real)
+            inp_real = os.path.realpath(os.fspath(inp))
+            same = inp_real == str(real)
             if not same and os.path.lexists(path) and os.path.exists(inp):
                 same = os.path.samefile(path, inp)
+            inside = existing is not None and os.path.isdir(inp_real) and real.is_relative_to(inp_real)
         except (OSError, ValueError, TypeError):
             continue
         if same:
             raise ReportError(f"{what} {_shown(path)} is the input file {_shown(inp)}: writing it would destroy the "
                               f"input: choose another output path")
+        if inside:
+            raise ReportError(f"{what} {_shown(path)} is a file of the input directory {_shown(inp)}: writing it "
+                              f"would change the input: choose a path outside it")
 
 
 @dataclass

@@ -212,9 +212,7 @@ def run_sweep(models: Sequence[str], out_dir: Path, load_kwargs: dict, data, pro
             report.data["run"]["fingerprint"] = fp
             interrupt.check()
             try:
-                for target in report.output_paths(path):
-                    check_output_path(target, protected)
-                report.save(path)
+                report.save(path, inputs=protected)
             except ArmetricsError as exc:
                 rows[model] = ("failed", _first_line(exc))
                 return

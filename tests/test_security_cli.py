@@ -63,6 +63,21 @@ def test_out_onto_an_input_is_refused(tmp_path, cli_inproc, target):
     assert victim.read_bytes() == before
 
 
+def test_out_onto_an_image_of_the_data_folder_is_refused(tmp_path, cli_inproc):
+    from PIL import Image
+
+    ckpt, _ = _tiny_files(tmp_path)
+    for c in range(10):
+        (tmp_path / "imgs" / f"c{c}").mkdir(parents=True)
+        Image.fromarray(np.full((8, 8, 3), c, np.uint8)).save(tmp_path / "imgs" / f"c{c}" / "a.png")
+    victim = tmp_path / "imgs" / "c3" / "a.png"
+    before = victim.read_bytes()
+    proc = cli_inproc("analyze", str(ckpt), "--arch", TINY_ARCH, "--data", str(tmp_path / "imgs"),
+                      "--probes", "accuracy", "--out", str(victim))
+    _one_line_error(proc, "input directory")
+    assert victim.read_bytes() == before
+
+
 def test_out_through_a_symlink_to_an_input_is_refused(tmp_path, cli_inproc):
     ckpt, npz = _tiny_files(tmp_path)
     link = tmp_path / "r.json"
