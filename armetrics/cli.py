@@ -16,8 +16,9 @@ from pathlib import Path
 import click
 
 from . import __version__, interrupt
-from .errors import ArmetricsError, ConfigError, first_line, one_line
+from .errors import ArmetricsError, ConfigError, first_line, one_line, shorten
 
+MESSAGE_LIMIT = 1000  # an error line echoing a 5000-character argument is cut here
 DEFAULT_PROBES = "accuracy,spectrum,margin,confidence,smoothness,robust_accuracy"
 
 
@@ -37,6 +38,9 @@ def _arch_kwargs(text: str | None) -> dict:
         value = json.loads(text)
     except json.JSONDecodeError as exc:
         raise ConfigError(f"--arch-kwargs is not JSON ({exc.msg}): write e.g. --arch-kwargs '{{\"num_classes\": 10}}'") from None
+    except (RecursionError, ValueError):
+        raise ConfigError("--arch-kwargs is nested too deeply or too large: write a flat JSON object, "
+                          "e.g. --arch-kwargs '{\"num_classes\": 10}'") from None
     if not isinstance(value, dict):
         raise ConfigError("--arch-kwargs must be a JSON object, e.g. '{\"depth\": 28}'")
     return value
@@ -279,7 +283,7 @@ def _run(argv: list[str], debug: bool) -> None:
     except ArmetricsError as exc:
         if debug:
             raise
-        click.echo(f"error: {one_line(str(exc))}", err=True)
+        click.echo(f"error: {shorten(one_line(str(exc)), MESSAGE_LIMIT)}", err=True)
         sys.exit(1)
     except Exception as exc:  # an armetrics bug or an unexpected library error
         if debug:

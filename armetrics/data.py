@@ -27,6 +27,7 @@ import os
 import pickle
 import re
 import struct
+import sys
 import warnings
 from dataclasses import asdict, dataclass, field
 from importlib import resources
@@ -287,8 +288,24 @@ def _load_npz(path: Path, name: str, n: int | None, seed: int | None, batch_size
 
 
 # -------------------------------------------------------------------------- CIFAR batches
-class _SafeUnpickler(pickle.Unpickler):
-    """Unpickles CIFAR's python batches: numpy arrays, lists, dicts, bytes; nothing else."""
+class _SafeUnpickler(pickle._Unpickler):  # the pure-Python unpickler: its opcodes can be replaced
+    """Unpickles CIFAR's python batches: numpy arrays, lists, dicts, bytes; nothing else.
+
+    Protocol 5's ``BYTEARRAY8`` is read as ``bytes``: numpy's ``__setstate__`` can fail
+    on a crafted bytearray while holding a view of it, and CPython then prints
+    "SystemError: deallocated bytearray object has exported buffers" straight to the
+    terminal when the bytearray is freed (out-of-band buffers are refused anyway: no
+    ``buffers`` are given)."""
+
+    dispatch = dict(pickle._Unpickler.dispatch)
+
+    def _load_bytearray8(self):
+        (size,) = struct.unpack("<Q", self.read(8))
+        if size > sys.maxsize:
+            raise pickle.UnpicklingError("BYTEARRAY8 exceeds system's maximum size")
+        self.append(bytes(self.read(size)))
+
+    dispatch[pickle.BYTEARRAY8[0]] = _load_bytearray8
 
     ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
                ("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "scalar"),

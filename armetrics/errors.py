@@ -54,3 +54,8 @@ def one_line(text: str) -> str:
 class UnsafeCodeError(LoadError):
     """The file carries code (a TorchScript archive, or a torch.export program calling
     operators outside the pure-tensor allow-list) and ``trust_code`` was not given."""
+
+
+def shorten(text: str, limit: int = 80) -> str:
+    """``text`` cut to ``limit`` characters with an ellipsis (values echoed in messages)."""
+    return text if len(text) <= limit else text[: limit - 1] + "…"

@@ -9,7 +9,7 @@ import typing
 from fractions import Fraction
 from typing import Any, Iterable
 
-from .errors import ConfigError
+from .errors import ConfigError, shorten
 from .probe import Option
 
 TRUE, FALSE = {"true", "1", "yes", "on"}, {"false", "0", "no", "off"}
@@ -104,5 +104,5 @@ def resolve_options(probe_name: str, declared: dict[str, Option], given: dict[st
         try:
             out[key] = coerce(declared[key], value)
         except ValueError as exc:
-            raise ConfigError(f"bad value {value!r} for {probe_name}.{key}: {exc}") from None
+            raise ConfigError(f"bad value {shorten(repr(value))} for {probe_name}.{key}: {exc}") from None
     return out

@@ -244,6 +244,8 @@ MESSAGES = {
     "confidence.bins=1e9": (["--probes", "confidence", "--set", "confidence.bins=1000000000"], "between 1 and"),
     "--std nan": (["--mean", "0.5,0.5,0.5", "--std", "nan,1,1"], "--std"),
     "--arch-kwargs list": (["--arch-kwargs", "[1]"], "--arch-kwargs must be a JSON object"),
+    "--arch-kwargs deep": (["--arch-kwargs", "[" * 100_000], "nested too deeply"),
+    "5000-character value": (["--set", "accuracy.per_class=" + "9" * 5000], "for accuracy.per_class"),
 }
 
 
@@ -252,7 +254,9 @@ def test_bad_argument_messages(case, tmp_path, cli_inproc):
     ckpt, npz = _tiny_files(tmp_path)
     extra, match = MESSAGES[case]
     args = ["analyze", str(ckpt), "--arch", TINY_ARCH, "--data", str(npz), "--probes", "accuracy", *extra]
-    _one_line_error(cli_inproc(*args), match)
+    proc = cli_inproc(*args)
+    _one_line_error(proc, match)
+    assert len(proc.stderr) < 1100  # values echoed in a message are cut
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU: --device cuda is valid here")
