@@ -7,6 +7,7 @@ errors: 2; Ctrl-C / SIGTERM: 130); ``--debug`` shows the traceback instead.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import sys
@@ -245,8 +246,8 @@ def main(argv: list[str] | None = None) -> None:
     Called without ``argv`` (the console script), it also turns SIGINT and SIGTERM into
     a clean interruption that cannot be lost (:mod:`armetrics.interrupt`).
 
-    Third-party warnings (torch, robustbench, PIL, pickle protocols) are silenced unless
-    ``--debug`` (or ``ARMETRICS_DEBUG=1``), which also shows tracebacks."""
+    Third-party warnings and log records (torch, robustbench, PIL, pickle protocols) are
+    silenced unless ``--debug`` (or ``ARMETRICS_DEBUG=1``), which also shows tracebacks."""
     if argv is None:
         argv = sys.argv[1:]
         interrupt.install()
@@ -258,7 +259,11 @@ def main(argv: list[str] | None = None) -> None:
             os.environ["ARMETRICS_DEBUG"] = "1"  # the library shows third-party warnings too
         else:
             warnings.simplefilter("ignore")
-        _run(argv, debug)
+            logging.disable(logging.CRITICAL)  # libraries' log records (PIL's TIFF decoder, torch): armetrics prints with click
+        try:
+            _run(argv, debug)
+        finally:
+            logging.disable(logging.NOTSET)
 
 
 def _run(argv: list[str], debug: bool) -> None:

@@ -277,14 +277,16 @@ def test_third_party_warnings_only_with_debug(tmp_path, cli):
     noisy = tmp_path / "noisy.py"
     noisy.write_text(f"import sys, warnings\nsys.path.insert(0, {str(CONFTEST_PATH.parent)!r})\n"
                      "from conftest import make_tiny_net\n"
-                     "def make():\n    warnings.warn('third-party noise', FutureWarning)\n    return make_tiny_net()\n")
+                     "def make():\n    warnings.warn('third-party noise', FutureWarning)\n"
+                     "    import logging\n    logging.getLogger('PIL.TiffImagePlugin').error('logged noise')\n"
+                     "    return make_tiny_net()\n")
     ckpt, _ = _tiny_files(tmp_path)
     args = ["analyze", str(ckpt), "--arch", f"{noisy}:make", "--probes", "spectrum", "--quiet"]
     env = {"PYTHONWARNINGS": "default"}  # as a user's shell has it
     quiet = cli(*args, env=env)
-    assert quiet.returncode == 0 and "third-party noise" not in quiet.stderr
+    assert quiet.returncode == 0 and "third-party noise" not in quiet.stderr and "logged noise" not in quiet.stderr
     loud = cli(*args, "--debug", env=env)
-    assert loud.returncode == 0 and "third-party noise" in loud.stderr
+    assert loud.returncode == 0 and "third-party noise" in loud.stderr and "logged noise" in loud.stderr
 
 
 # ----------------------------------------------------------------- the Python API boundary
