@@ -5,7 +5,8 @@
     report = am.analyze(model, "cifar10-sample", probes=["accuracy"])
 
 Attributes are imported lazily, so ``import armetrics`` does not import torch or
-robustbench until they are used.
+robustbench until they are used. ``armetrics.compare`` is the function (the module is
+:mod:`armetrics.comparison`); every submodule is also an attribute.
 """
 
 from __future__ import annotations
@@ -27,17 +28,9 @@ _EXPORTS = {
     "get_probe": "armetrics.registry",
     "list_probes": "armetrics.registry",
     "ArmetricsError": "armetrics.errors",
+    "compare": "armetrics.comparison",
 }
-_SUBMODULES = {"linalg", "stats", "attacks", "errors", "checks", "data", "loading", "engine", "report", "registry", "probes", "hooks"}
-
 __all__ = sorted(_EXPORTS) + ["__version__"]
-
-
-# compare is light (no torch, no matplotlib at import): imported eagerly so that the
-# package attribute ``compare`` is the function, not the submodule of the same name
-from .compare import compare  # noqa: E402
-
-__all__.append("compare")
 
 
 def __getattr__(name: str):
@@ -45,9 +38,17 @@ def __getattr__(name: str):
         value = getattr(importlib.import_module(_EXPORTS[name]), name)
         globals()[name] = value
         return value
-    if name in _SUBMODULES:
+    if not name.startswith("_") and name in _submodules():
         return importlib.import_module(f"armetrics.{name}")
     raise AttributeError(f"module 'armetrics' has no attribute {name!r}")
+
+
+def _submodules() -> set[str]:
+    """Every public submodule (found, not listed): ``armetrics.<m>`` is the module whether
+    or not it was imported yet. No name in ``_EXPORTS`` is a submodule's name."""
+    import pkgutil
+
+    return {m.name for m in pkgutil.iter_modules(__path__) if not m.name.startswith("_")}
 
 
 def __dir__():

@@ -1,3 +1,5 @@
+"""``python -m armetrics``: the ``armetrics`` command (:func:`armetrics.cli.main`)."""
+
 from .cli import main
 
 if __name__ == "__main__":

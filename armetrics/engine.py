@@ -9,13 +9,14 @@ dropped after the batch. Probes that need gradients or extra passes (e.g.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import platform
 import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -161,6 +162,12 @@ def analyze(
     Inside a ``torch.distributed`` process group (e.g. under ``torchrun``) each rank
     analyzes its shard of the batches; rank 0 returns the merged report, the other
     ranks return None (see :mod:`armetrics.distributed`).
+
+    Side effects on the caller: none on torch's global RNG (the run seeds a fork of it
+    with ``seed``) nor on the training/eval mode of the model's submodules (eval during
+    the run, restored afterwards). The model is moved to ``device`` in place
+    (``model.to``) and stays there; with ``device=None`` it runs where its first
+    parameter lives and is not moved.
     """
     started = time.perf_counter()
     if not isinstance(model, nn.Module):
@@ -178,9 +185,46 @@ def analyze(
         first = next(iter(model.parameters()), None)
         device = first.device if first is not None else torch.device("cpu")
     device = checks.device(device, "device (--device)")
-    model = eval_mode(model.to(device))
-    torch.manual_seed(seed)
+    with _seeded_rng(seed, device), _modes_restored(model):
+        return _run(model.to(device), data, probe_objs, seed=seed, device=device, progress=progress,
+                    out_path=out_path, started=started)
 
+
+@contextlib.contextmanager
+def _seeded_rng(seed: int, device: torch.device) -> Iterator[None]:
+    """torch's global RNG seeded with ``seed`` for the run, and the caller's state back
+    afterwards: the CPU generator and that of ``device`` are forked and seeded (as
+    ``torch.manual_seed`` seeds them); no other device's generator is touched."""
+    accelerator = device.type != "cpu"
+    with torch.random.fork_rng(devices=[device] if accelerator else [],
+                               device_type=device.type if accelerator else None):
+        torch.default_generator.manual_seed(seed)
+        if device.type == "cuda":
+            with torch.cuda.device(device):
+                torch.cuda.manual_seed(seed)
+        elif accelerator:
+            torch.get_device_module(device.type).manual_seed(seed)
+        yield
+
+
+@contextlib.contextmanager
+def _modes_restored(model: nn.Module) -> Iterator[None]:
+    """The run sees the model in eval mode; afterwards every submodule is back in the
+    training/eval mode the caller left it in (set directly: an overridden ``train()``
+    is not called)."""
+    modes = [(m, m.training) for m in model.modules()]
+    try:
+        yield
+    finally:
+        for m, training in modes:
+            if m.training != training:
+                m.training = training
+
+
+def _run(model: nn.Module, data: "Data | str | Path | None", probe_objs: list[Probe], *, seed: int,
+         device: torch.device, progress: bool | None, out_path: str | Path | None, started: float) -> Report | None:
+    """The run itself, once the arguments are checked: weight probes, the data pass, the report."""
+    model = eval_mode(model)
     weight_probes = [p for p in probe_objs if not p.needs_data]
     data_probes = [p for p in probe_objs if p.needs_data]
     if data_probes:

@@ -171,12 +171,6 @@ def trace_layers(model: nn.Module, input_shape: Sequence[int], types: tuple[type
     return list(records.values())
 
 
-def layer_input_shapes(model: nn.Module, input_shape: Sequence[int]) -> dict[str, tuple[int, ...]]:
-    """``{layer name: one sample's input shape}`` for every Conv2d/Linear of ``model``
-    reached by a forward pass on one input of ``input_shape``, in forward order."""
-    return {t.name: t.input_shape for t in trace_layers(model, input_shape)}
-
-
 # ----------------------------------------------------------------------------- weights
 def all_finite(t: torch.Tensor) -> bool:
     """Whether every entry of ``t`` is finite. A finite sum (in float64) proves it, and is

@@ -9,7 +9,7 @@ when no report has the probe or keys the figure needs. Missing keys, ``None``
 Figures are drawn on :class:`matplotlib.figure.Figure` with the Agg canvas (no
 pyplot, no display, no global backend switch), constrained layout, and one legend
 outside the axes so it never covers data. ``path`` may also be a binary file object
-(the PNG is written into it; :func:`armetrics.compare.compare` draws into memory).
+(the PNG is written into it; :func:`armetrics.comparison.compare` draws into memory).
 
 Text taken from reports (model names, layer names, summary keys, option values) is
 shown literally: every figure is drawn with ``text.parse_math`` off (a name such as
@@ -252,13 +252,8 @@ def plot_smoothness_layers(series: Sequence[Series], path: Path) -> Path | None:
 
 
 # --------------------------------------------------------------------------- spectrum bands
-QUANTILE_KEY_SETS = (
-    # (low outer, low inner, middle, high inner, high outer) per-layer keys, first match wins
-    ("sigma_q05", "sigma_q25", "sigma_median", "sigma_q75", "sigma_q95"),
-    ("q05", "q25", "median", "q75", "q95"),
-    ("sigma_q05", "sigma_q25", "sigma_q50", "sigma_q75", "sigma_q95"),
-    ("q05", "q25", "q50", "q75", "q95"),
-)
+#: the spectrum probe's per-layer quantile keys: low outer, low inner, middle, high inner, high outer
+QUANTILE_KEYS = ("q05", "q25", "q50", "q75", "q95")
 
 
 def hist_quantiles(edges: Sequence[float], counts: Sequence[float], qs: Sequence[float]) -> list[float]:
@@ -287,12 +282,12 @@ def _spectrum_bands(report: Report) -> tuple[list[str], dict[str, list[float]]]:
     out: dict[str, list[float]] = {k: [] for k in ("min", "max", "lo2", "lo", "mid", "hi", "hi2")}
     entry = _probe(report, "spectrum") or {}
     dists = entry.get("distributions") or {}
-    keys = next((ks for ks in QUANTILE_KEY_SETS if rows and all(k in rows[0] for k in ks)), None)
+    keys = QUANTILE_KEYS if rows and all(k in rows[0] for k in QUANTILE_KEYS) else None
     for r in rows:
         out["min"].append(_num(r.get("sigma_min")))
         out["max"].append(_num(r.get("sigma_max")))
         name = str(r.get("name"))
-        hist = dists.get(name) or dists.get(f"{name}.sigma") or dists.get(f"sigma.{name}")
+        hist = dists.get(name)  # the spectrum probe's histogram of the layer's values
         if keys:
             vals = [_num(r.get(k)) for k in keys]
         elif isinstance(hist, dict) and "edges" in hist and "counts" in hist:

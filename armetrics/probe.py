@@ -10,7 +10,7 @@ the data equals one run over all of it (data-parallel runs rely on this).
 Life cycle, driven by :func:`armetrics.engine.analyze`::
 
     probe = ProbeClass(**options)
-    probe.setup(ctx)                 # model known; declare hooks via layers()
+    probe.setup(ctx)                 # model known; declare hooks via feature_layers()
     for batch in data:               # only when probe.needs_data
         probe.update(batch)          # batch.logits + batch.features[name]
     result = probe.compute()         # -> ProbeResult

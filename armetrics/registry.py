@@ -4,7 +4,9 @@ Built-in probes register when :mod:`armetrics.probes` is imported; third-party
 probes are found through the entry-point group ``armetrics.probes`` (an entry point
 names a Probe subclass; its entry-point name is the probe name). Both are loaded on
 the first lookup, so ``import armetrics`` stays cheap. A plugin that fails to
-import is reported with a warning and skipped.
+import, or names something that is not a Probe subclass, is reported with a warning
+and skipped; one reusing a name already registered (a built-in) is ignored with a
+warning: the registered probe wins.
 """
 
 from __future__ import annotations
@@ -56,16 +58,33 @@ def _load_all() -> None:
         return
     _loaded = True
     importlib.import_module("armetrics.probes")
+    from .probe import Probe  # here, not at the top: the registry is imported before torch is needed
+
     for ep in entry_points(group=ENTRY_POINT_GROUP):
         if ep.name in _PROBES:
+            owner = _PROBES[ep.name]
+            kind = "the built-in probe" if owner.__module__.startswith("armetrics.") else "the probe"
+            warnings.warn(f"armetrics: ignoring probe plugin {ep.name!r} ({ep.value}): the name belongs to {kind} "
+                          f"{owner.__module__}.{owner.__qualname__}, which wins; give the entry point another name",
+                          stacklevel=2)
             continue
         try:
             obj = ep.load()
         except Exception as exc:  # a broken plugin must not break armetrics
             warnings.warn(f"armetrics: skipping probe plugin {ep.name!r} ({ep.value}): {exc}", stacklevel=2)
             continue
-        if isinstance(obj, type) and ep.name not in _PROBES:
-            register_probe(ep.name)(obj)
+        if not (isinstance(obj, type) and issubclass(obj, Probe)):
+            warnings.warn(f"armetrics: skipping probe plugin {ep.name!r} ({ep.value}): it names "
+                          f"{_describe(obj)}, not a subclass of armetrics.probe.Probe; point the entry point at one",
+                          stacklevel=2)
+            continue
+        register_probe(ep.name)(obj)
+
+
+def _describe(obj: object) -> str:
+    if isinstance(obj, type):
+        return f"the class {obj.__module__}.{obj.__qualname__}"
+    return f"a {type(obj).__name__}"
 
 
 def get_probe(name: str) -> type:

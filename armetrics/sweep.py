@@ -9,6 +9,9 @@ half-written report. A model that fails is recorded and the sweep goes on.
 Executors: ``local`` analyzes the models one after another in this process;
 ``ray`` runs one Ray task per model (``ray.init(address)``, local when no address),
 each with its own CPU/GPU request, and writes each report as its task finishes.
+
+This module prints nothing: :func:`run_sweep` returns one row per model and reports
+progress through a callback; the ``armetrics analyze --out-dir`` command prints both.
 """
 
 from __future__ import annotations
@@ -20,12 +23,18 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-import click
-
 from . import interrupt
-from .errors import ArmetricsError, ConfigError, ReportError, one_line
+from .errors import ArmetricsError, ConfigError, ReportError, first_line
 
 FAILURES = (ArmetricsError, RuntimeError, ValueError, TypeError, OSError)
+
+Row = tuple[str, str, str]
+"""One model's outcome: ``(model, status, detail)``; status is ``ok``, ``skipped`` or ``failed``."""
+
+OnEvent = Callable[[str, str, int, int], None]
+"""Progress callback ``on_event(event, model, done, total)``: event ``"start"`` before a model
+is analyzed here (local executor), ``"ok"`` once its report is written; ``done`` counts the
+models finished so far (ok or failed, skipped ones not counted) of the ``total`` to compute."""
 
 
 def report_name(model: str) -> str:
@@ -166,46 +175,33 @@ def analyze_one(model: str, load_kwargs: dict, data: Any, probes, options, seed:
 
 
 def run_sweep(models: Sequence[str], out_dir: Path, load_kwargs: dict, data, probes, options, seed: int,
-              device: str, progress, quiet: bool, data_spec: dict | None = None, executor: str = "local",
+              device: str, progress, data_spec: dict | None = None, executor: str = "local",
               ray_address: str | None = None, task_cpus: float = 1, task_gpus: float = 0,
-              inputs: Sequence[str | Path] = ()) -> bool:
-    """Analyze each model into ``out_dir/<name>.json``; print a final table. True if none failed.
-    ``inputs``: files the sweep reads (``--arch`` file, data file) besides the models; no
-    report or side file may resolve to one of them."""
+              inputs: Sequence[str | Path] = (), on_event: OnEvent | None = None) -> list[Row]:
+    """Analyze each model into ``out_dir/<name>.json``; one :data:`Row` per distinct model,
+    in the order of ``models``. ``inputs``: files the sweep reads (``--arch`` file, data file)
+    besides the models; no report or side file may resolve to one of them. ``progress``: the
+    tqdm bar of each analysis; ``on_event`` (see :data:`OnEvent`) is called on rank 0 only."""
     from . import distributed
-    from .report import Report, check_output_path
+    from .report import Report
 
     d = distributed.current()
     main = d is None or d.is_main
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise ArmetricsError(f"cannot create --out-dir {out_dir} ({exc.strerror}): choose a writable directory") from None
-    for stale in out_dir.glob(".*.json.*.tmp"):  # left by a run killed mid-write
-        if main:
-            stale.unlink(missing_ok=True)
+    notify = on_event if on_event is not None and main else (lambda *_: None)
+    _prepare_out_dir(out_dir, main)
 
     data_id = data.fingerprint() if data is not None and hasattr(data, "fingerprint") else None
     names = report_names(models, load_kwargs)
     protected = [*inputs, *(m for m in names if not m.startswith("robustbench:"))]
-    rows: dict[str, tuple[str, str]] = {}
-    todo: list[tuple[str, Path, str]] = []
-    for model, name in names.items():
-        path = out_dir / f"{name}.json"
-        try:
-            check_output_path(path, protected)
-            fp = fingerprint(model, load_kwargs, data_spec, probes, options, seed, data_id)
-        except FAILURES as exc:
-            rows[model] = ("failed", _first_line(exc))
-            continue
-        if path.exists() and existing_fingerprint(path) == fp:
-            rows[model] = ("skipped", f"{path} is up to date")
-        else:
-            todo.append((model, path, fp))
+    rows, todo = _plan(names, out_dir, protected, lambda model: fingerprint(
+        model, load_kwargs, data_spec, probes, options, seed, data_id))
+
+    def done() -> int:  # models finished so far (ok or failed), for the progress events
+        return sum(1 for status, _ in rows.values() if status != "skipped")
 
     def finished(model: str, path: Path, fp: str, result, seconds: float) -> None:
         if isinstance(result, BaseException):
-            rows[model] = ("failed", _first_line(result))
+            rows[model] = ("failed", first_line(result))
             return
         if result is not None:
             report = result if isinstance(result, Report) else Report(*result)  # (dict, side files) from Ray
@@ -214,20 +210,17 @@ def run_sweep(models: Sequence[str], out_dir: Path, load_kwargs: dict, data, pro
             try:
                 report.save(path, inputs=protected)
             except ArmetricsError as exc:
-                rows[model] = ("failed", _first_line(exc))
+                rows[model] = ("failed", first_line(exc))
                 return
             interrupt.wrote(path)
         rows[model] = ("ok", f"{path} ({seconds:.1f}s)")
-        if not quiet and main:
-            done = sum(1 for s, _ in rows.values() if s != "skipped")
-            click.echo(f"[{done}/{len(todo)}] {model}: ok", err=True)
+        notify("ok", model, done(), len(todo))
 
     if executor == "ray":
-        _run_ray(todo, finished, load_kwargs, data_spec, probes, options, seed, device, ray_address, task_cpus, task_gpus, quiet)
+        _run_ray(todo, finished, load_kwargs, data_spec, probes, options, seed, device, ray_address, task_cpus, task_gpus)
     else:
         for model, path, fp in todo:
-            if not quiet and main:
-                click.echo(f"analyzing {model} ...", err=True)
+            notify("start", model, done(), len(todo))
             t = time.perf_counter()
             try:
                 result: Any = analyze_one(model, load_kwargs, data, probes, options, seed, device, progress, out_path=path)
@@ -235,21 +228,43 @@ def run_sweep(models: Sequence[str], out_dir: Path, load_kwargs: dict, data, pro
                 result = exc
             finished(model, path, fp, result, time.perf_counter() - t)
             distributed.barrier(d)
-
-    ordered = [(m, *rows[m]) for m in dict.fromkeys(models) if m in rows]
-    if main:
-        width = max(len(m) for m, _, _ in ordered)
-        click.echo(f"{'model':<{width}}  status   detail")
-        for m, status, detail in ordered:
-            click.echo(f"{m:<{width}}  {status:<7}  {one_line(detail)}")
-    return all(status != "failed" for _, status, _ in ordered)
+    return [(m, *rows[m]) for m in dict.fromkeys(models) if m in rows]
 
 
-def _first_line(exc: BaseException) -> str:
-    return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+def _plan(names: dict[str, str], out_dir: Path, protected: list, fingerprint_of: Callable[[str], str]
+          ) -> tuple[dict[str, tuple[str, str]], list[tuple[str, Path, str]]]:
+    """Rows already known (``failed``: a refused path or an unreadable model; ``skipped``: an
+    up-to-date report) and what is left to analyze: ``(model, report path, fingerprint)``."""
+    from .report import check_output_path
+
+    rows: dict[str, tuple[str, str]] = {}
+    todo: list[tuple[str, Path, str]] = []
+    for model, name in names.items():
+        path = out_dir / f"{name}.json"
+        try:
+            check_output_path(path, protected)
+            fp = fingerprint_of(model)
+        except FAILURES as exc:
+            rows[model] = ("failed", first_line(exc))
+            continue
+        if path.exists() and existing_fingerprint(path) == fp:
+            rows[model] = ("skipped", f"{path} is up to date")
+        else:
+            todo.append((model, path, fp))
+    return rows, todo
 
 
-def _run_ray(todo, finished: Callable, load_kwargs, data_spec, probes, options, seed, device, address, cpus, gpus, quiet) -> None:
+def _prepare_out_dir(out_dir: Path, main: bool) -> None:
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ArmetricsError(f"cannot create --out-dir {out_dir} ({exc.strerror}): choose a writable directory") from None
+    for stale in out_dir.glob(".*.json.*.tmp"):  # left by a run killed mid-write
+        if main:
+            stale.unlink(missing_ok=True)
+
+
+def _run_ray(todo, finished: Callable, load_kwargs, data_spec, probes, options, seed, device, address, cpus, gpus) -> None:
     try:
         import ray
     except ImportError:
@@ -270,7 +285,7 @@ def _run_ray(todo, finished: Callable, load_kwargs, data_spec, probes, options, 
         try:
             ray.init(address=address, include_dashboard=False, log_to_driver=False, configure_logging=False)
         except (ConnectionError, RuntimeError, ValueError) as exc:
-            raise ArmetricsError(f"cannot start or reach Ray at {address or 'a local instance'} ({_first_line(exc)}): check --ray-address") from None
+            raise ArmetricsError(f"cannot start or reach Ray at {address or 'a local instance'} ({first_line(exc)}): check --ray-address") from None
 
     def task(model, path):
         import armetrics.sweep as sw
@@ -280,7 +295,7 @@ def _run_ray(todo, finished: Callable, load_kwargs, data_spec, probes, options, 
             report = sw.analyze_one(model, load_kwargs, data_spec, probes, options, seed, device, False, out_path=path)
             return (None if report is None else (report.to_dict(), report.files)), time.perf_counter() - t
         except sw.FAILURES as exc:
-            return ArmetricsError(f"{type(exc).__name__}: {_first_line(exc)}") if not isinstance(exc, ArmetricsError) else exc, time.perf_counter() - t
+            return ArmetricsError(f"{type(exc).__name__}: {first_line(exc)}") if not isinstance(exc, ArmetricsError) else exc, time.perf_counter() - t
 
     remote = ray.remote(num_cpus=cpus, num_gpus=gpus, max_retries=0)(task)
     pending = {remote.remote(target, str(path)): (model, path, fp) for target, path, fp, model in todo}

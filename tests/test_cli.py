@@ -132,3 +132,71 @@ def test_sweep_out_dir_resumes(cli_inproc, tmp_path):
     assert (out / "small_cnn_eps0.json").read_text() == first
     proc = cli("analyze", CKPT, "--arch", ARCH, "-n", "21", "--out-dir", str(out), "--quiet")
     assert "ok" in proc.stdout and (out / "small_cnn_eps0.json").read_text() != first
+
+
+def test_default_probes_are_the_built_ins_in_their_fixed_order():
+    from armetrics.cli.analyze import PROBE_ORDER, default_probes
+    from armetrics.registry import get_probe, list_probes
+
+    builtin = {n for n in list_probes() if get_probe(n).__module__.startswith("armetrics.probes.")}
+    names = default_probes().split(",")
+    assert default_probes().startswith("accuracy,spectrum,margin,confidence,smoothness,robust_accuracy")
+    assert set(names) == builtin and len(names) == len(builtin)  # a new built-in joins, after PROBE_ORDER
+    assert set(PROBE_ORDER) <= builtin  # no stale name in the order
+
+
+def test_debug_is_one_option_read_by_main(cli_inproc, monkeypatch):
+    from armetrics.cli import _begin, cli
+    from armetrics.errors import ConfigError
+
+    for name, command in cli.commands.items():
+        (debug,) = [p for p in command.params if p.name == "debug"]
+        assert debug.callback is _begin and not debug.expose_value, name
+    monkeypatch.setenv("ARMETRICS_DEBUG", "")  # restored after the test: --debug sets it
+    with pytest.raises(ConfigError, match="unknown probe"):  # --debug after the command: the traceback
+        cli_inproc("analyze", CKPT, "--arch", ARCH, "--probes", "acuracy", "--debug")
+    monkeypatch.setenv("ARMETRICS_DEBUG", "")
+    # the argv is not scanned: a model file named --debug is a model file
+    assert_one_line_error(cli_inproc("analyze", "--arch", ARCH, "--", "--debug"), "does not exist")
+
+
+def test_sweep_returns_rows_and_prints_nothing(tmp_path, capsys):
+    from armetrics.sweep import run_sweep
+
+    bad = tmp_path / "bad.pt"
+    bad.write_text("not a checkpoint")
+    events = []
+    rows = run_sweep([CKPT, str(bad), CKPT], tmp_path / "out", {"arch": ARCH}, None, "spectrum", {}, 0, "cpu", False,
+                     on_event=lambda *event: events.append(event))
+    assert capsys.readouterr() == ("", "")
+    assert [(m, status) for m, status, _ in rows] == [(CKPT, "ok"), (str(bad), "failed")]
+    assert rows[0][2].startswith(str(tmp_path / "out" / "small_cnn_eps0.json")) and "recognised checkpoint" in rows[1][2]
+    assert events == [("start", CKPT, 0, 2), ("ok", CKPT, 1, 2), ("start", str(bad), 1, 2)]
+    again = run_sweep([CKPT], tmp_path / "out", {"arch": ARCH}, None, "spectrum", {}, 0, "cpu", False)
+    assert again == [(CKPT, "skipped", f"{tmp_path / 'out' / 'small_cnn_eps0.json'} is up to date")]
+
+
+def test_every_submodule_is_an_attribute_and_import_is_light():
+    import subprocess
+    import sys
+
+    code = """if True:
+    import json, pkgutil, sys
+    import armetrics
+    light = [m for m in ('torch', 'numpy', 'matplotlib', 'click') if m in sys.modules]
+    import armetrics.sweep
+    library_click = 'click' in sys.modules
+    names = sorted(m.name for m in pkgutil.iter_modules(armetrics.__path__) if not m.name.startswith('_'))
+    kinds = {n: type(getattr(armetrics, n)).__name__ for n in names}
+    import armetrics.comparison, armetrics.cli.compare, armetrics.cli.analyze
+    after = [type(armetrics.compare).__name__, type(armetrics.cli.compare).__name__, type(armetrics.cli.analyze).__name__]
+    print(json.dumps([light, library_click, kinds, after]))
+    """
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    light, library_click, kinds, after = json.loads(out)
+    assert light == [] and library_click is False
+    assert {"comparison", "sweep", "checks", "safeio", "export_check", "zipcheck", "npz", "interrupt",
+            "distributed", "cli"} <= set(kinds)
+    assert set(kinds.values()) == {"module"}, kinds
+    assert after == ["function", "module", "module"]
+    assert am.compare.__module__ == "armetrics.comparison"

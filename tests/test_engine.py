@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 import armetrics as am
-from armetrics.errors import ConfigError, DataError
+from armetrics.errors import ConfigError, DataError, ProbeError
 from armetrics.probe import Batch, Probe, ProbeResult
 from armetrics.registry import _PROBES, register_probe
 from armetrics.stats import ExactSum, Histogram, QuantileSketch
@@ -132,7 +132,7 @@ def test_merge_two_halves_equals_one_run(tiny_net, tiny_npz, feature_probe):
 
 def test_merge_refuses_other_config():
     acc = am.get_probe("accuracy")
-    with pytest.raises(Exception, match="another config"):
+    with pytest.raises(ProbeError, match="another config"):
         acc(per_class=True).merge(acc(per_class=False))
 
 
@@ -246,3 +246,74 @@ def test_exact_sum_is_order_independent():
     c.update(v[::-1][1000:])
     b.merge(c)
     assert a.value == b.value == math.fsum(v)
+
+
+# ------------------------------------------------------------------ side effects on the caller
+@pytest.fixture
+def rng_probe():
+    """A data probe that draws from torch's global RNG and notes the modules' modes."""
+
+    @register_probe("_test_rng")
+    class RngDraw(Probe):
+        """Draws from the global RNG."""
+
+        def __init__(self):
+            super().__init__()
+            self.add_state("draws", [], reduce="cat")
+            self.add_state("training", [], reduce="cat")
+
+        def update(self, batch: Batch):
+            self.draws.append(float(torch.rand(())))
+            self.training.append(any(m.training for m in batch.model.modules()))
+
+        def compute(self):
+            return ProbeResult(summary={"first_draw": self.draws[0], "any_training": float(any(self.training))})
+
+    yield RngDraw
+    _PROBES.pop("_test_rng", None)
+
+
+def test_global_rng_forked_not_reset(tiny_net, tiny_npz, rng_probe):
+    data = am.load_data(tiny_npz, batch_size=16)
+    torch.manual_seed(123)
+    state = torch.get_rng_state()
+    r = am.analyze(tiny_net, data, ["_test_rng"], seed=7)
+    assert torch.equal(torch.get_rng_state(), state), "the caller's RNG state must be unchanged"
+    torch.manual_seed(7)  # the run itself still sees the RNG seeded with `seed`, as before
+    assert r.summary("_test_rng")["first_draw"] == float(torch.rand(()))
+    wrong_size = nn.Sequential(nn.Flatten(), nn.Linear(5, 10))
+    torch.set_rng_state(state)
+    with pytest.raises(DataError):  # restored on error too
+        am.analyze(wrong_size, data, ["accuracy"], seed=7)
+    assert torch.equal(torch.get_rng_state(), state)
+
+
+def test_training_modes_restored(tiny_net, tiny_npz, rng_probe):
+    data = am.load_data(tiny_npz, batch_size=16)
+    model = tiny_net.train()
+    model.bn.eval()  # a mixed state: every submodule's own mode comes back
+    modes = {name: m.training for name, m in model.named_modules()}
+    r = am.analyze(model, data, ["spectrum", "_test_rng"])
+    assert r.summary("_test_rng")["any_training"] == 0.0, "the run sees the model in eval mode"
+    assert {name: m.training for name, m in model.named_modules()} == modes
+    assert model.training and not model.bn.training
+    bad = nn.Sequential(nn.Flatten(), nn.Dropout(), nn.Linear(5, 10)).train()
+    with pytest.raises(DataError):  # restored on error too
+        am.analyze(bad, data, ["accuracy"])
+    assert all(m.training for m in bad.modules())
+
+
+def test_eval_model_stays_in_eval(tiny_net, tiny_npz):
+    am.analyze(tiny_net, am.load_data(tiny_npz), ["accuracy"])
+    assert not any(m.training for m in tiny_net.modules())
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_model_stays_on_device_and_cuda_rng_untouched(tiny_net, tiny_npz):
+    torch.cuda.manual_seed_all(5)
+    states = [torch.cuda.get_rng_state(i) for i in range(torch.cuda.device_count())]
+    cpu_state = torch.get_rng_state()
+    am.analyze(tiny_net, am.load_data(tiny_npz), ["accuracy"], device="cuda:0")
+    assert next(tiny_net.parameters()).device.type == "cuda", "the model stays where analyze moved it"
+    assert torch.equal(torch.get_rng_state(), cpu_state)
+    assert all(torch.equal(torch.cuda.get_rng_state(i), s) for i, s in enumerate(states))

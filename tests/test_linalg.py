@@ -287,7 +287,7 @@ def test_trace_finds_direct_bn_only_and_input_shapes_in_forward_order():
     traced = linalg.trace_layers(model, (3, 6, 7))
     assert [t.name for t in traced] == ["conv", "conv2", "conv3", "conv4", "fc"]
     assert {t.name: t.bn_name for t in traced} == {"conv": None, "conv2": None, "conv3": None, "conv4": "bn4", "fc": "bn5"}
-    assert linalg.layer_input_shapes(model, (3, 6, 7)) == {
+    assert {t.name: t.input_shape for t in traced} == {
         "conv": (3, 6, 7), "conv2": (3, 6, 7), "conv3": (3, 6, 7), "conv4": (3, 6, 7), "fc": (24,)}
     assert traced[3].output_shape == (4, 2, 3)
     assert model.training and all(m.training for m in model.modules())  # mode restored

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 
 import armetrics as am
 from armetrics.errors import ReportError
+from armetrics.probe import Probe, ProbeResult
+from armetrics.registry import _PROBES, register_probe
 from armetrics.report import SCHEMA, Report, atomic_write_text
 
 
@@ -36,14 +39,43 @@ def test_roundtrip(report, tmp_path):
     assert not list(tmp_path.glob(".*tmp")), "temporary file left behind"
 
 
-def test_nonfinite_written_as_null(report, tmp_path):
-    report.data["probes"]["accuracy"]["summary"]["accuracy"] = None
+def _strict_json(text: str):
+    def refuse(constant):
+        raise AssertionError(f"{constant} in a report: not strict JSON")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_nonfinite_written_as_null(tiny_net, tmp_path):
+    """NaN and +-inf that a probe returns (floats, numpy and torch scalars, inside lists)
+    reach the report as null, in memory, in to_json() and in the saved file."""
     from armetrics.report import to_jsonable
 
     assert to_jsonable({"a": float("nan"), "b": float("inf"), "c": 1.5}) == {"a": None, "b": None, "c": 1.5}
-    text = report.to_json()
-    json.loads(text)  # strict JSON
-    assert "NaN" not in text
+
+    @register_probe("_test_nonfinite")
+    class NonFinite(Probe):
+        """Returns non-finite values."""
+
+        needs_data = False
+
+        def compute(self):
+            return ProbeResult(summary={"nan": float("nan"), "inf": float("inf"), "ninf": np.float64(-np.inf),
+                                        "one": 1.5},
+                               layers=[{"name": "fc", "v": torch.tensor(float("nan")), "vs": [1.0, float("inf")]}])
+
+    try:
+        report = am.analyze(tiny_net, None, ["_test_nonfinite"])
+    finally:
+        _PROBES.pop("_test_nonfinite", None)
+    summary = {"nan": None, "inf": None, "ninf": None, "one": 1.5}
+    layers = [{"name": "fc", "v": None, "vs": [1.0, None]}]
+    assert report.summary("_test_nonfinite") == summary
+    for text in (report.to_json(), report.save(tmp_path / "r.json").read_text()):
+        entry = _strict_json(text)["probes"]["_test_nonfinite"]
+        assert entry["summary"] == summary
+        assert entry["layers"] == layers
+    assert Report.load(tmp_path / "r.json").summary("_test_nonfinite") == summary
 
 
 def test_newer_schema_refused(report, tmp_path):

@@ -28,7 +28,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 import armetrics as am
-from armetrics.compare import MANIFEST, compare
+from armetrics.comparison import MANIFEST, compare
 from armetrics.errors import ConfigError, DataError, ReportError
 from armetrics.report import Report, atomic_write, check_output_path
 

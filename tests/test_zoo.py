@@ -89,7 +89,7 @@ def test_weights_present_when_file_exists(listing):
 
 
 def test_cli_table_and_json(listing):
-    from armetrics.cli_compare import zoo_cmd
+    from armetrics.cli.compare import zoo_cmd
 
     model_dir, rows = listing
     runner = CliRunner()

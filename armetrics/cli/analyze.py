@@ -1,26 +1,45 @@
-"""The ``armetrics`` command: thin click commands over the Python API.
+"""``armetrics analyze`` (one model, or a sweep with ``--out-dir``) and ``armetrics probes``.
 
-Errors raised by armetrics print as one line ``error: ...`` with exit code 1 (usage
-errors: 2; Ctrl-C / SIGTERM: 130); ``--debug`` shows the traceback instead.
+The sweep itself is :func:`armetrics.sweep.run_sweep`, which returns rows and reports
+progress through a callback; this module prints both.
 """
 
 from __future__ import annotations
 
 import json
-import logging
 import math
-import os
 import sys
-import warnings
 from pathlib import Path
 
 import click
 
-from . import __version__, interrupt
-from .errors import ArmetricsError, ConfigError, first_line, one_line, shorten
+from .. import interrupt
+from ..errors import ArmetricsError, ConfigError, one_line
+from . import debug_option
 
-MESSAGE_LIMIT = 1000  # an error line echoing a 5000-character argument is cut here
-DEFAULT_PROBES = "accuracy,spectrum,margin,confidence,smoothness,robust_accuracy"
+PROBE_ORDER = ("accuracy", "spectrum", "margin", "confidence", "smoothness", "robust_accuracy")
+"""The order of the built-in probes in the default ``--probes`` (and so in reports and the
+table); a built-in probe not listed here follows, by name."""
+
+
+def default_probes() -> str:
+    """``--probes``' default: every built-in probe (registered from a module of
+    :mod:`armetrics.probes`; plugins are selected by name), in :data:`PROBE_ORDER`."""
+    from ..registry import get_probe, list_probes
+
+    builtin = [n for n in list_probes() if get_probe(n).__module__.startswith("armetrics.probes.")]
+    rank = {name: i for i, name in enumerate(PROBE_ORDER)}
+    return ",".join(sorted(builtin, key=lambda n: (rank.get(n, len(rank)), n)))
+
+
+class _DefaultProbes:
+    """Click calls it when ``--probes`` is not given, and prints it in ``--help``: the
+    registry (so torch) is imported only then, not to start the command."""
+
+    def __call__(self) -> str:
+        return default_probes()
+
+    __str__ = __call__
 
 
 def _floats(text: str | None, name: str) -> list[float] | None:
@@ -77,8 +96,7 @@ def format_summary(report) -> str:
 
 
 def _headline(probe: str) -> tuple[str, ...] | None:
-    from .errors import ConfigError
-    from .registry import get_probe
+    from ..registry import get_probe
 
     try:
         return get_probe(probe).headline
@@ -86,17 +104,25 @@ def _headline(probe: str) -> tuple[str, ...] | None:
         return None
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
-@click.version_option(__version__, prog_name="armetrics")
-def cli() -> None:
-    """Measure what adversarial training does to a trained network."""
+def format_sweep(rows) -> str:
+    """The final table of a sweep: one line per :data:`armetrics.sweep.Row`."""
+    width = max(len(m) for m, _, _ in rows)
+    lines = [f"{'model':<{width}}  status   detail"]
+    lines += [f"{m:<{width}}  {status:<7}  {one_line(detail)}" for m, status, detail in rows]
+    return "\n".join(lines)
 
 
-@cli.command()
+def _sweep_event(event: str, model: str, done: int, total: int) -> None:
+    """The sweep's progress lines on stderr (see :data:`armetrics.sweep.OnEvent`)."""
+    click.echo(f"analyzing {model} ..." if event == "start" else f"[{done}/{total}] {model}: ok", err=True)
+
+
+@click.command("analyze")
 @click.argument("models", nargs=-1, required=True, metavar="MODEL...")
 @click.option("--arch", metavar="SPEC", help="Architecture for weight-only files: pkg.mod:fn, file.py:fn or robustbench:NAME.")
 @click.option("--arch-kwargs", metavar="JSON", help="Keyword arguments for the architecture callable, as a JSON object.")
-@click.option("--probes", default=DEFAULT_PROBES, show_default=True, help="Comma-separated probe names (see `armetrics probes`).")
+@click.option("--probes", type=str, default=_DefaultProbes(), show_default=True,
+              help="Comma-separated probe names (see `armetrics probes`).")
 @click.option("--data", "data_src", default="cifar10-sample", show_default=True, metavar="SRC",
               help="cifar10-sample, an ImageFolder dir, a cifar-10-batches-py dir, or an .npz with x and y.")
 @click.option("-n", "n", type=int, default=None, help="Number of images (default: all of SRC).")
@@ -121,15 +147,15 @@ def cli() -> None:
 @click.option("--task-cpus", type=float, default=1, show_default=True, help="CPUs each Ray task requests.")
 @click.option("--task-gpus", type=float, default=0, show_default=True, help="GPUs each Ray task requests.")
 @click.option("--quiet", is_flag=True, help="No progress bar or notes.")
-@click.option("--debug", is_flag=True, help="Show tracebacks.")
-def analyze(models, arch, arch_kwargs, probes, data_src, n, batch_size, seed, device, sets, mean, std, model_dir,
-            dataset, threat_model, trust_code, out, out_dir, executor, ray_address, task_cpus, task_gpus,
-            quiet, debug) -> None:
+@debug_option
+def analyze_cmd(models, arch, arch_kwargs, probes, data_src, n, batch_size, seed, device, sets, mean, std, model_dir,
+                dataset, threat_model, trust_code, out, out_dir, executor, ray_address, task_cpus, task_gpus,
+                quiet) -> None:
     """Analyze MODEL (a checkpoint file or robustbench:NAME) with the selected probes."""
-    from . import checks, distributed
-    from .engine import analyze as run_analysis, make_probes
-    from .options import parse_sets
-    from .report import check_output_path
+    from .. import checks, distributed
+    from ..engine import analyze as run_analysis, make_probes
+    from ..options import parse_sets
+    from ..report import check_output_path
 
     checks.device(device)  # before joining a process group or reading anything
     checks.seed(seed, "--seed", allow_none=False)
@@ -139,7 +165,7 @@ def analyze(models, arch, arch_kwargs, probes, data_src, n, batch_size, seed, de
     d, device = distributed.init_from_env(device)  # under torchrun: one shard per rank
 
     options = parse_sets(sets)
-    make_probes(probes, options)  # validate names and options before loading anything
+    selected = make_probes(probes, options)  # validate names and options before loading anything
     if len(models) > 1 and not out_dir:
         raise click.UsageError("several MODELs need --out-dir DIR (one report per model)")
     if out and out_dir:
@@ -147,29 +173,36 @@ def analyze(models, arch, arch_kwargs, probes, data_src, n, batch_size, seed, de
     load_kwargs = dict(arch=arch, arch_kwargs=_arch_kwargs(arch_kwargs), trust_code=trust_code,
                        model_dir=model_dir, dataset=dataset, threat_model=threat_model,
                        mean=_floats(mean, "--mean"), std=_floats(std, "--std"), device=device)
-    from .data import load_data
-    from .loading import load_model
+    from ..data import load_data
+    from ..loading import load_model
 
-    needs_data = _needs_data(probes)
+    needs_data = any(p.needs_data for p in selected)  # what engine.analyze decides from the same probes
     inputs = _input_files(models, arch, data_src if needs_data else None, load_kwargs)
     if out and out != "-":
         check_output_path(out, inputs)  # before anything is loaded: a wrong --out costs nothing
     data = load_data(data_src, n=n, batch_size=batch_size, seed=seed) if needs_data else None
     progress = False if quiet else None
     if out_dir:
-        from .sweep import run_sweep
+        from ..sweep import run_sweep
 
         spec = {"source": data_src, "n": n, "batch_size": batch_size, "seed": seed} if needs_data else None
-        ok = run_sweep(models, Path(out_dir), load_kwargs, data, probes, options, seed, device, progress, quiet,
-                       data_spec=spec, inputs=inputs, executor=executor, ray_address=ray_address, task_cpus=task_cpus, task_gpus=task_gpus)
-        sys.exit(0 if ok else 1)
+        rows = run_sweep(models, Path(out_dir), load_kwargs, data, probes, options, seed, device, progress,
+                         data_spec=spec, inputs=inputs, executor=executor, ray_address=ray_address,
+                         task_cpus=task_cpus, task_gpus=task_gpus, on_event=None if quiet else _sweep_event)
+        if d is None or d.is_main:
+            click.echo(format_sweep(rows))
+        sys.exit(0 if all(status != "failed" for _, status, _ in rows) else 1)
     if executor != "local":
         raise click.UsageError("--executor ray runs sweeps: give --out-dir DIR")
     model = load_model(models[0], **load_kwargs)
     report = run_analysis(model, data, probes, options=options, seed=seed, device=device, progress=progress,
                           out_path=None if out in (None, "-") else out)
-    if report is None:  # a non-zero rank of a distributed run: rank 0 reports
-        return
+    if report is not None:  # None: a non-zero rank of a distributed run (rank 0 reports)
+        _print_report(report, out, quiet, inputs)
+
+
+def _print_report(report, out: str | None, quiet: bool, inputs: list[Path]) -> None:
+    """The summary table; with ``--out`` the report written (``-``: JSON on stdout, table on stderr)."""
     table = format_summary(report)
     if out == "-":
         click.echo(report.to_json(), nl=False)
@@ -192,7 +225,7 @@ def _input_files(models, arch: str | None, data_src: str | None, load_kwargs: di
     files: list[Path] = []
     for m in models:
         if m.startswith("robustbench:"):
-            from ._robustbench import parse_name, weight_paths
+            from .._robustbench import parse_name, weight_paths
 
             try:
                 ds, tm, name = parse_name(m, load_kwargs["dataset"], load_kwargs["threat_model"])
@@ -208,18 +241,12 @@ def _input_files(models, arch: str | None, data_src: str | None, load_kwargs: di
     return files
 
 
-def _needs_data(probes: str) -> bool:
-    from .registry import get_probe
-
-    return any(get_probe(p.strip()).needs_data for p in probes.split(",") if p.strip())
-
-
-@cli.command("probes")
+@click.command("probes")
 @click.argument("pattern", required=False)
-@click.option("--debug", is_flag=True, help="Show tracebacks.")
-def probes_cmd(pattern, debug) -> None:
+@debug_option
+def probes_cmd(pattern) -> None:
     """List the probes: name, meaning, options (PATTERN filters names, e.g. 'm*')."""
-    from .registry import get_probe, list_probes
+    from ..registry import get_probe, list_probes
 
     for name in list_probes(pattern):
         cls = get_probe(name)
@@ -229,70 +256,3 @@ def probes_cmd(pattern, debug) -> None:
             default = "none" if opt.default is None else opt.default
             click.echo(f"    --set {name}.{opt.name}=<{opt.describe_type()}>  default {default}"
                        + (f"  {opt.help}" if opt.help else ""))
-
-
-def _register_plugins() -> None:
-    from .cli_compare import compare_cmd, zoo_cmd
-
-    cli.add_command(compare_cmd)
-    cli.add_command(zoo_cmd)
-
-
-_register_plugins()
-
-
-def main(argv: list[str] | None = None) -> None:
-    """Entry point. Exits with 0, 1 (armetrics error), 2 (usage) or 130 (interrupted).
-    Called without ``argv`` (the console script), it also turns SIGINT and SIGTERM into
-    a clean interruption that cannot be lost (:mod:`armetrics.interrupt`).
-
-    Third-party warnings and log records (torch, robustbench, PIL, pickle protocols) are
-    silenced unless ``--debug`` (or ``ARMETRICS_DEBUG=1``), which also shows tracebacks."""
-    if argv is None:
-        argv = sys.argv[1:]
-        interrupt.install()
-    argv = list(argv)
-    debug = "--debug" in argv or bool(os.environ.get("ARMETRICS_DEBUG"))
-    interrupt.reset()
-    with warnings.catch_warnings():
-        if debug:
-            os.environ["ARMETRICS_DEBUG"] = "1"  # the library shows third-party warnings too
-        else:
-            warnings.simplefilter("ignore")
-            logging.disable(logging.CRITICAL)  # libraries' log records (PIL's TIFF decoder, torch): armetrics prints with click
-        try:
-            _run(argv, debug)
-        finally:
-            logging.disable(logging.NOTSET)
-
-
-def _run(argv: list[str], debug: bool) -> None:
-    try:
-        try:
-            rv = cli.main(args=argv, prog_name="armetrics", standalone_mode=False)
-        finally:
-            if "torch.distributed" in sys.modules:
-                from . import distributed
-
-                distributed.shutdown()
-        sys.exit(rv if isinstance(rv, int) else 0)
-    except click.exceptions.Exit as exc:
-        sys.exit(exc.exit_code)
-    except click.ClickException as exc:
-        exc.message = one_line(exc.message)
-        exc.show()
-        sys.exit(exc.exit_code)
-    except (KeyboardInterrupt, click.exceptions.Abort):
-        click.echo(f"error: interrupted ({interrupt.written_text()})", err=True)
-        sys.exit(130)
-    except ArmetricsError as exc:
-        if debug:
-            raise
-        click.echo(f"error: {shorten(one_line(str(exc)), MESSAGE_LIMIT)}", err=True)
-        sys.exit(1)
-    except Exception as exc:  # an armetrics bug or an unexpected library error
-        if debug:
-            raise
-        first = one_line(first_line(exc, 300))
-        click.echo(f"error: unexpected {type(exc).__name__}: {first} (rerun with --debug for a traceback)", err=True)
-        sys.exit(1)

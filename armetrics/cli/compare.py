@@ -1,8 +1,8 @@
 """``armetrics compare`` and ``armetrics zoo``: thin click commands over
-:func:`armetrics.compare.compare` and :func:`armetrics.zoo.zoo`.
+:func:`armetrics.comparison.compare` and :func:`armetrics.zoo.zoo`.
 
-Registered on the main group in :mod:`armetrics.cli` with ``cli.add_command``; errors
-are armetrics errors, printed as one line by :func:`armetrics.cli.main`.
+Registered on the group in :mod:`armetrics.cli`; errors are armetrics errors, printed as
+one line by :func:`armetrics.cli.main`.
 """
 
 from __future__ import annotations
@@ -11,6 +11,8 @@ import json
 
 import click
 
+from . import debug_option
+
 
 @click.command("compare")
 @click.argument("reports", nargs=-1, required=True, metavar="REPORT...")
@@ -18,10 +20,10 @@ import click
               help="Directory for summary.csv, the figures (PNG) and index.html.")
 @click.option("--against", type=click.Choice(["leaderboard"]), default=None,
               help="Add RobustBench leaderboard robust accuracy and its Spearman correlation with every summary key.")
-@click.option("--debug", is_flag=True, help="Show tracebacks.")
-def compare_cmd(reports, out, against, debug) -> None:
+@debug_option
+def compare_cmd(reports, out, against) -> None:
     """Compare REPORT files (or directories of them): a table, figures and an HTML page."""
-    from .compare import compare
+    from ..comparison import compare
 
     result = compare(list(reports), out, against=against)
     click.echo(f"compared {len(result.models)} reports: {', '.join(result.models)}")
@@ -41,10 +43,10 @@ def compare_cmd(reports, out, against, debug) -> None:
 @click.option("--model-dir", default="models", show_default=True,
               help="Where weights are looked for (DIR/<dataset>/<threat>/<NAME>.pt).")
 @click.option("--json", "as_json", is_flag=True, help="Print the rows as JSON (accuracies as fractions).")
-@click.option("--debug", is_flag=True, help="Show tracebacks.")
-def zoo_cmd(dataset, threat_model, model_dir, as_json, debug) -> None:
+@debug_option
+def zoo_cmd(dataset, threat_model, model_dir, as_json) -> None:
     """List the RobustBench models with leaderboard accuracy and whether their weights are in --model-dir."""
-    from .zoo import format_table, zoo
+    from ..zoo import format_table, zoo
 
     rows = zoo(dataset, threat_model, model_dir)
     if as_json:
