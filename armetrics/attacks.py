@@ -12,19 +12,20 @@ on its own generator, so results do not depend on how samples are batched).
 
 from __future__ import annotations
 
-from typing import Callable, Literal, Sequence, Union
+from typing import Callable, Sequence, Union
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-Norm = Literal["Linf", "L2"]
+from .functional import Norm, flat_norm
+
 Generators = Union[torch.Generator, Sequence[torch.Generator], None]
 
 
 def _flat_norm(t: torch.Tensor) -> torch.Tensor:
     """Per-sample L2 norm of ``t`` (B, ...), shaped (B, 1, ..., 1) to broadcast."""
-    return t.flatten(1).norm(dim=1).view(-1, *([1] * (t.ndim - 1)))
+    return flat_norm(t).view(-1, *([1] * (t.ndim - 1)))
 
 
 def _per_sample(eps: float | torch.Tensor, like: torch.Tensor) -> torch.Tensor:

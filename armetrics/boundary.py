@@ -43,10 +43,9 @@ from torch import nn
 
 from .attacks import pgd
 from .errors import ConfigError, ProbeError
+from .functional import NORMS, Norm, logits as model_logits, per_sample_norm
 
-Norm = Literal["L2", "Linf"]
 Attack = Literal["fab", "pgd"]
-NORMS: tuple[str, ...] = ("L2", "Linf")
 #: the geometric bisection starts at ``max_radius * MIN_RADIUS_RATIO`` (assumed not to flip)
 MIN_RADIUS_RATIO = 1e-6
 
@@ -66,20 +65,14 @@ class BoundaryDistance:
 
 def perturbation_norm(delta: torch.Tensor, norm: str) -> torch.Tensor:
     """``||delta_i||_norm`` per sample (float64), over all non-batch dimensions."""
-    flat = delta.detach().flatten(1).double()
-    if norm == "L2":
-        return flat.norm(dim=1)
-    if norm == "Linf":
-        return flat.abs().amax(dim=1) if flat.shape[1] else torch.zeros(flat.shape[0], dtype=torch.float64)
+    if norm in NORMS:
+        return per_sample_norm(delta.detach().double(), norm)
     raise ConfigError(f"unknown norm {norm!r}: use one of {', '.join(NORMS)}")
 
 
 def _predict(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     with torch.no_grad():
-        out = model(x)
-    if isinstance(out, (tuple, list)):
-        out = out[0]
-    return out
+        return model_logits(model, x)
 
 
 def _check(norm: str, max_radius: float) -> None:
@@ -164,9 +157,7 @@ def linearized_targets(model: nn.Module, x: torch.Tensor, y: torch.Tensor, norm:
     rows = torch.arange(x.shape[0], device=x.device)
     with torch.enable_grad():
         xg = x.detach().clone().requires_grad_(True)
-        out = model(xg)
-        if isinstance(out, (tuple, list)):
-            out = out[0]
+        out = model_logits(model, xg)
         k = out.shape[1]
         grad_y = torch.autograd.grad(out[rows, y].sum(), xg, retain_graph=True)[0].flatten(1)
         dual = torch.empty(out.shape, dtype=torch.float64, device=x.device)

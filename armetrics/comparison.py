@@ -11,7 +11,7 @@ summary key ranks models like the RobustBench leaderboard does).
   ``leaderboard.robust_accuracy`` (fractions);
 - one PNG per figure whose probe some report has (see :mod:`armetrics.plots`);
 - ``index.html``: the tables and figures (linked relatively: keep the folder together;
-  no external CSS/JS, opens offline);
+  no external CSS/JS, opens offline), rendered by :mod:`armetrics.html_page`;
 - with ``against="leaderboard"``: ``correlation.csv`` and ``correlation.png``;
 - ``.armetrics-compare.json``: the manifest of what this comparison wrote (name and
   sha256 of each file).
@@ -42,7 +42,6 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import html
 import io
 import json
 import math
@@ -50,7 +49,6 @@ import os
 import re
 import stat
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
@@ -415,15 +413,9 @@ def correlation(entries: Sequence[Entry], columns: Sequence[str]) -> list[dict[s
 
 
 # --------------------------------------------------------------------------- main
-def compare(reports: Sequence[Report | str | Path], out: str | Path, against: str | None = None) -> Comparison:
-    """Compare reports (Report objects, report paths, or directories of reports): write
-    ``summary.csv``, figures and ``index.html`` into ``out`` (created if needed); with
-    ``against="leaderboard"`` also ``correlation.csv`` / ``correlation.png``.
-
-    Raises ReportError for unreadable, foreign or newer-schema reports and for reports
-    that ran a shared probe with different options; ConfigError for an unknown
-    ``against``. Reports on different data selections are allowed and noted.
-    """
+def _load_entries(reports: Sequence[Report | str | Path], out: Any, against: str | None) -> tuple[list[Entry], list[str]]:
+    """Check the arguments, load and check the reports, resolve ε and leaderboard records,
+    order and label them; return the entries and the page notes so far."""
     check_against(against)
     if not isinstance(out, (str, os.PathLike)):
         raise ConfigError(f"out must be a directory path (str or Path), got {type(out).__name__}: e.g. compare(reports, out='cmp/')")
@@ -441,18 +433,14 @@ def compare(reports: Sequence[Report | str | Path], out: str | Path, against: st
         _resolve_eps(e)
     entries = order(entries)
     _labels(entries)
+    return entries, notes
 
-    out = Path(out)
-    columns = summary_columns(entries)
-    header = list(FIXED_COLUMNS) + (list(LEADERBOARD_COLUMNS) if against else []) + columns
-    rows = _rows(entries, columns, against)
-    # (backslashreplace: a lone surrogate, e.g. from an undecodable file name, is written as \udcff)
-    files: dict[str, bytes] = {"summary.csv": _csv(header, rows).encode("utf-8", "backslashreplace")}
 
+def _draw_figures(entries: Sequence[Entry], series: Any) -> dict[str, bytes]:
+    """Every figure some report has data for, drawn into memory: ``{file name: PNG}``."""
     from . import plots
 
-    # every figure is drawn into memory first: nothing is written before the folder is checked
-    series = plots.make_series([e.label for e in entries], [e.report for e in entries])
+    files = {}
     for name, draw in plots.FIGURES.items():
         buf = io.BytesIO()
         if name == "accuracy_robust.png":
@@ -461,39 +449,45 @@ def compare(reports: Sequence[Report | str | Path], out: str | Path, against: st
             drawn = draw(series, buf)
         if drawn is not None:
             files[name] = buf.getvalue()
+    return files
 
-    corr_rows = None
-    if against == "leaderboard":
-        missing = [e.label for e in entries if not (e.leaderboard and _finite(e.leaderboard.get("robust_accuracy")))]
-        if missing:
-            notes.append("Not on the leaderboard (no robustbench:DATASET/THREAT/NAME source with a robust accuracy), "
-                         "left out of the correlation: " + ", ".join(missing) + ".")
-        corr_rows = correlation(entries, columns)
-        files["correlation.csv"] = _csv(["key", "n", "spearman_rho", "p_value", "note"],
-                                        corr_rows).encode("utf-8", "backslashreplace")
-        by_label = {e.label: e for e in entries}
-        buf = io.BytesIO()
-        drawn = plots.plot_correlation(
-            series, buf, corr_rows,
-            values=lambda s, key: _or_nan(value(by_label[s.label], key)),
-            robust=lambda s: _or_nan((by_label[s.label].leaderboard or {}).get("robust_accuracy")))
-        if drawn is not None:
-            files["correlation.png"] = buf.getvalue()
 
-    figure_names = [n for n in files if n.endswith(".png")]
-    unknown = [e.label for e in entries if e.eps is None]
-    if unknown and len(unknown) < len(entries):
-        notes.append("ε unknown (ordered after the others): " + ", ".join(unknown) + ".")
-    files["index.html"] = render_html(entries, header, rows, {n: out / n for n in figure_names}, corr_rows,
-                                      notes).encode("utf-8", "backslashreplace")
+def _correlation_files(entries: Sequence[Entry], columns: Sequence[str], series: Any,
+                       notes: list[str]) -> tuple[list[dict[str, Any]], dict[str, bytes]]:
+    """The leaderboard correlation: its rows and ``correlation.csv`` / ``correlation.png``
+    (in memory); a note names the models left out."""
+    from . import plots
 
-    # only armetrics' own files are replaced; stale ones of an earlier comparison are removed
+    missing = [e.label for e in entries if not (e.leaderboard and _finite(e.leaderboard.get("robust_accuracy")))]
+    if missing:
+        notes.append("Not on the leaderboard (no robustbench:DATASET/THREAT/NAME source with a robust accuracy), "
+                     "left out of the correlation: " + ", ".join(missing) + ".")
+    corr_rows = correlation(entries, columns)
+    files = {"correlation.csv": _csv(["key", "n", "spearman_rho", "p_value", "note"],
+                                     corr_rows).encode("utf-8", "backslashreplace")}
+    by_label = {e.label: e for e in entries}
+    buf = io.BytesIO()
+    drawn = plots.plot_correlation(
+        series, buf, corr_rows,
+        values=lambda s, key: _or_nan(value(by_label[s.label], key)),
+        robust=lambda s: _or_nan((by_label[s.label].leaderboard or {}).get("robust_accuracy")))
+    if drawn is not None:
+        files["correlation.png"] = buf.getvalue()
+    return corr_rows, files
+
+
+def _write_output(out: Path, files: dict[str, bytes]) -> None:
+    """Write ``files`` (``index.html`` last) and the manifest into ``out``, replacing only
+    armetrics' own files; then remove the stale files of an earlier comparison."""
+    from . import plots
+
     known = ["summary.csv", "index.html", *plots.FIGURES, "correlation.png", "correlation.csv"]
     manifest, stale = _plan_output(out, files, known)
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise ReportError(f"cannot create {one_line(str(out))} ({exc.strerror}): choose a writable --out directory") from None
+    files = dict(files)
     page = files.pop("index.html")
     text = json.dumps({"written_by": f"armetrics {__version__} compare", "files": manifest}, indent=1) + "\n"
     atomic_write([*((out / n, data) for n, data in files.items()), (out / MANIFEST, text), (out / "index.html", page)])
@@ -502,124 +496,43 @@ def compare(reports: Sequence[Report | str | Path], out: str | Path, against: st
             (out / name).unlink()
         except OSError:
             pass
+
+
+def compare(reports: Sequence[Report | str | Path], out: str | Path, against: str | None = None) -> Comparison:
+    """Compare reports (Report objects, report paths, or directories of reports): write
+    ``summary.csv``, figures and ``index.html`` into ``out`` (created if needed); with
+    ``against="leaderboard"`` also ``correlation.csv`` / ``correlation.png``.
+
+    Raises ReportError for unreadable, foreign or newer-schema reports and for reports
+    that ran a shared probe with different options; ConfigError for an unknown
+    ``against``. Reports on different data selections are allowed and noted.
+    """
+    entries, notes = _load_entries(reports, out, against)
+    out = Path(out)
+    columns = summary_columns(entries)
+    header = list(FIXED_COLUMNS) + (list(LEADERBOARD_COLUMNS) if against else []) + columns
+    rows = _rows(entries, columns, against)
+    # (backslashreplace: a lone surrogate, e.g. from an undecodable file name, is written as \udcff)
+    files: dict[str, bytes] = {"summary.csv": _csv(header, rows).encode("utf-8", "backslashreplace")}
+
+    from . import plots
+    from .html_page import render_html
+
+    # every figure is drawn into memory first: nothing is written before the folder is checked
+    series = plots.make_series([e.label for e in entries], [e.report for e in entries])
+    files.update(_draw_figures(entries, series))
+    corr_rows = None
+    if against == "leaderboard":
+        corr_rows, corr_files = _correlation_files(entries, columns, series, notes)
+        files.update(corr_files)
+
+    figure_names = [n for n in files if n.endswith(".png")]
+    unknown = [e.label for e in entries if e.eps is None]
+    if unknown and len(unknown) < len(entries):
+        notes.append("ε unknown (ordered after the others): " + ", ".join(unknown) + ".")
+    files["index.html"] = render_html(entries, header, rows, {n: out / n for n in figure_names}, corr_rows,
+                                      notes).encode("utf-8", "backslashreplace")
+    _write_output(out, files)  # only armetrics' own files are replaced; stale ones are removed
     return Comparison(out=out, models=[e.label for e in entries], summary_csv=out / "summary.csv",
                       html=out / "index.html", figures={n: out / n for n in figure_names},
                       correlation_csv=out / "correlation.csv" if "correlation.csv" in files else None, notes=notes)
-
-
-# --------------------------------------------------------------------------- html
-CSS = """
-body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:2em auto;max-width:1200px;
-padding:0 1em;color:#222;line-height:1.4}
-h1{font-size:1.6em}h2{font-size:1.25em;margin-top:1.8em;border-bottom:1px solid #ddd}
-table{border-collapse:collapse;font-size:0.85em;margin:0.5em 0}
-th,td{border:1px solid #ddd;padding:3px 7px;text-align:right;white-space:nowrap}
-th{background:#f4f4f4}td.k,th.k{text-align:left}tr.probe th{text-align:left;background:#e9eef5}
-.scroll{overflow-x:auto}.note{background:#fff6dd;border-left:4px solid #e0b000;padding:0.4em 0.8em;margin:0.5em 0}
-figure{margin:1.2em 0}figure img{max-width:100%;border:1px solid #eee}figcaption{font-size:0.9em;color:#444}
-.swatch{display:inline-block;width:0.9em;height:0.9em;border-radius:2px;margin-right:0.4em;vertical-align:-0.1em}
-code{font-size:0.9em}
-"""
-
-
-def _fmt(v: Any) -> str:
-    """A table cell of the page, HTML-escaped."""
-    if v is None or (isinstance(v, float) and not math.isfinite(v)):
-        return "–"
-    if isinstance(v, float):
-        if v == 0:
-            return "0"
-        return f"{v:.4g}" if 1e-3 <= abs(v) < 1e5 else f"{v:.3e}"
-    return html.escape(str(v))
-
-
-def _eps_text(eps: float | None) -> str:
-    if eps is None or not math.isfinite(eps):
-        return "–"
-    k = eps * 255
-    if math.isfinite(k) and abs(k - round(k)) < 1e-6:
-        return f"{round(k)}/255"
-    return f"{eps:g}"
-
-
-def render_html(entries: Sequence[Entry], header: Sequence[str], rows: Sequence[dict[str, Any]],
-                figures: dict[str, Path], corr_rows: Sequence[dict[str, Any]] | None, notes: Sequence[str]) -> str:
-    """The self-contained comparison page (figures linked by relative file name)."""
-    from .plots import CAPTIONS, colours
-
-    esc = html.escape
-    cs = colours(len(entries))
-    hexes = ["#%02x%02x%02x" % tuple(int(255 * c) for c in col[:3]) for col in cs]
-    when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    parts = [f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
-             f"<title>armetrics comparison</title><style>{CSS}</style></head><body>",
-             f"<h1>armetrics comparison of {len(entries)} model{'s' if len(entries) != 1 else ''}</h1>",
-             f"<p>Written by armetrics {esc(__version__)} on {esc(when)}. Models are ordered by ε, then robust "
-             f"accuracy; the same colour marks a model in every figure. Numbers: <a href=\"summary.csv\">summary.csv</a>"
-             + (", <a href=\"correlation.csv\">correlation.csv</a>" if corr_rows is not None else "") + ".</p>"]
-    for note in notes:
-        parts.append(f"<p class=\"note\">{esc(note)}</p>")
-
-    parts.append("<h2>Models</h2><div class=\"scroll\"><table><tr><th class=\"k\">model</th><th class=\"k\">source</th>"
-                 "<th>sha256</th><th>ε</th><th class=\"k\">ε from</th><th class=\"k\">data</th><th>n</th><th>seed</th>"
-                 "<th class=\"k\">note</th></tr>")
-    for e, row, hx in zip(entries, rows, hexes):
-        parts.append(
-            f"<tr><td class=\"k\"><span class=\"swatch\" style=\"background:{hx}\"></span>{esc(e.label)}</td>"
-            f"<td class=\"k\"><code>{esc(str(row['source']))}</code></td><td><code>{esc(str(row['sha256'] or '–'))}</code></td>"
-            f"<td>{esc(_eps_text(e.eps))}</td><td class=\"k\">{esc(e.eps_from or '–')}</td>"
-            f"<td class=\"k\">{esc(str(row['data_source'] or '–'))}</td><td>{_fmt(row['data_n'])}</td>"
-            f"<td>{_fmt(row['data_seed'])}</td><td class=\"k\">{esc(e.data_note)}</td></tr>")
-    parts.append("</table></div>")
-
-    # summary: one row per key, one column per model (wide tables read badly the other way)
-    parts.append("<h2>Summary</h2><div class=\"scroll\"><table><tr><th class=\"k\">key</th>"
-                 + "".join(f"<th><span class=\"swatch\" style=\"background:{hx}\"></span>{esc(e.label)}</th>"
-                           for e, hx in zip(entries, hexes)) + "</tr>")
-    fixed = set(FIXED_COLUMNS)
-    current = None
-    for col in header:
-        if col in fixed:
-            continue
-        probe, _, key = col.partition(".")
-        if probe != current:
-            current = probe
-            parts.append(f"<tr class=\"probe\"><th colspan=\"{len(entries) + 1}\">{esc(probe)}</th></tr>")
-        parts.append(f"<tr><td class=\"k\">{esc(key)}</td>" + "".join(f"<td>{_fmt(r.get(col))}</td>" for r in rows)
-                     + "</tr>")
-    parts.append("</table></div>")
-
-    configs: dict[str, dict] = {}
-    for e in entries:
-        for p in e.report.probes:
-            configs.setdefault(p, e.report.config(p))
-    if configs:
-        parts.append("<h2>Probe options</h2><p>Every report that ran a probe ran it with these options.</p>"
-                     "<table><tr><th class=\"k\">probe</th><th class=\"k\">options</th></tr>")
-        for p, cfg in configs.items():
-            text = ", ".join(f"{k}={v!r}" for k, v in cfg.items()) or "(defaults, none)"
-            parts.append(f"<tr><td class=\"k\">{esc(p)}</td><td class=\"k\"><code>{esc(text)}</code></td></tr>")
-        parts.append("</table>")
-
-    if figures:
-        parts.append("<h2>Figures</h2>")
-        for name in figures:
-            caption = CAPTIONS.get(name, "")
-            parts.append(f"<figure><img src=\"{esc(name)}\" alt=\"{esc(caption or name)}\">"
-                         f"<figcaption>{esc(caption)}</figcaption></figure>")
-    else:
-        parts.append("<p>No figures: none of the reports has a probe with something to draw "
-                     "(spectrum, margin, confidence, smoothness, robust_accuracy).</p>")
-
-    if corr_rows is not None:
-        parts.append("<h2>Rank correlation with leaderboard robust accuracy</h2><p>Spearman ρ between each summary "
-                     "key and the RobustBench leaderboard's robust accuracy over the models that have both; "
-                     f"undefined (–) for fewer than {MIN_MODELS_FOR_CORRELATION} models or constant values.</p>"
-                     "<div class=\"scroll\"><table><tr><th class=\"k\">key</th><th>n</th><th>Spearman ρ</th>"
-                     "<th>p-value</th><th class=\"k\">note</th></tr>")
-        for r in corr_rows:
-            parts.append(f"<tr><td class=\"k\">{esc(r['key'])}</td><td>{_fmt(r['n'])}</td><td>{_fmt(r['spearman_rho'])}</td>"
-                         f"<td>{_fmt(r['p_value'])}</td><td class=\"k\">{esc(r['note'])}</td></tr>")
-        parts.append("</table></div>")
-    parts.append("</body></html>\n")
-    return "\n".join(parts)

@@ -23,7 +23,8 @@ from torch import nn
 
 from . import __version__, checks, distributed, interrupt
 from .data import Data, load_data
-from .errors import ConfigError, DataError, ProbeError
+from .errors import ConfigError, DataError, ProbeError, first_line
+from .functional import first_output
 from .hooks import capture_outputs, check_captured
 from .linalg import all_finite
 from .loading import eval_mode
@@ -113,13 +114,11 @@ def _forward(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     try:
         out = model(x)
     except (RuntimeError, ValueError, TypeError, IndexError, AssertionError) as exc:
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
         raise DataError(
-            f"the model rejected input of shape {tuple(x.shape)} ({first}): "
+            f"the model rejected input of shape {tuple(x.shape)} ({first_line(exc)}): "
             f"give data of the size the model expects (--data) or check --arch"
         ) from None
-    if isinstance(out, (tuple, list)):
-        out = out[0]
+    out = first_output(out)
     if not isinstance(out, torch.Tensor) or out.ndim != 2:
         shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
         raise ProbeError(f"the model returned {shape}, not logits of shape (batch, classes): wrap it to return logits")
@@ -227,61 +226,90 @@ def _run(model: nn.Module, data: "Data | str | Path | None", probe_objs: list[Pr
     model = eval_mode(model)
     weight_probes = [p for p in probe_objs if not p.needs_data]
     data_probes = [p for p in probe_objs if p.needs_data]
-    if data_probes:
-        data = load_data(data if data is not None else "cifar10-sample", seed=seed) if not isinstance(data, Data) else data
-    elif data is not None and not isinstance(data, Data):
-        data = None  # weight-only run: data is never touched
-
+    data = _resolve_data(data, bool(data_probes), seed)
     ctx = Context(model=model, device=device, seed=seed,
                   num_classes=data.num_classes if isinstance(data, Data) else None,
                   input_shape=data.sample_shape() if isinstance(data, Data) else None,
                   out_path=str(out_path) if out_path else None)
     d = distributed.current()
-    entries: dict[str, dict[str, Any]] = {}
     files: dict[str, bytes] = {}  # the report's side files by suffix (ProbeResult.files), written by Report.save
-    if d is None or d.is_main:  # weight-only probes run once
-        for p in weight_probes:
+    entries = _run_weight_probes(weight_probes, ctx, d, files)
+    run: dict[str, Any] = {"seed": seed}
+    if data_probes:
+        stats = _run_data_probes(model, data, data_probes, ctx, progress, d, entries, files)
+        if stats is None:
+            return None
+        run.update(stats)
+    elif d is not None and not d.is_main:
+        return None
+    run["seconds"] = time.perf_counter() - started
+    report = _report_dict(model, data if data_probes else None, device, run,
+                          {p.name: entries[p.name] for p in probe_objs})
+    return Report(to_jsonable(report), files=files)
+
+
+def _resolve_data(data: "Data | str | Path | None", needed: bool, seed: int) -> "Data | None":
+    """The data to stream: loaded (default ``cifar10-sample``) when a data probe runs, else
+    a given :class:`Data` as is and anything else dropped untouched."""
+    if needed:
+        return load_data(data if data is not None else "cifar10-sample", seed=seed) if not isinstance(data, Data) else data
+    return data if isinstance(data, Data) else None  # weight-only run: data is never touched
+
+
+def _run_weight_probes(probes: list[Probe], ctx: Context, d: "distributed.Dist | None",
+                       files: dict[str, bytes]) -> dict[str, dict[str, Any]]:
+    """Set up and compute the weight-only probes once (on the main rank, then broadcast);
+    their results go to ``ctx.results`` for later probes; returns the report entries."""
+    entries: dict[str, dict[str, Any]] = {}
+    if d is None or d.is_main:
+        for p in probes:
             t = time.perf_counter()
             p.setup(ctx)
             result = p.compute()
             ctx.results[p.name] = result
             entries[p.name] = _result_entry(p, result, time.perf_counter() - t)
             files.update(result.files)
-    if d is not None and weight_probes:
+    if d is not None and probes:
         ctx.results, entries = distributed.broadcast((ctx.results, entries), d)
+    return entries
 
-    run: dict[str, Any] = {"seed": seed}
-    if data_probes:
-        stats = _data_pass(model, data, data_probes, ctx, progress if d is None or d.is_main else False, d)
-        if d is not None:
-            shards = distributed.gather(([p.state_dict() for p in data_probes], stats), d)
-            if not d.is_main:
-                return None
-            _merge_shards(data_probes, [states for states, _ in shards[1:]])
-            stats = {k: sum(s[k] for _, s in shards) for k in stats}  # totals over ranks
-            stats["world_size"] = d.world
-        run.update(stats)
-        for p in data_probes:
-            t = time.perf_counter()
-            result = p.compute()
-            entries[p.name] = _result_entry(p, result, p._seconds + time.perf_counter() - t)
-            files.update(result.files)
-    elif d is not None and not d.is_main:
-        return None
-    run["seconds"] = time.perf_counter() - started
 
-    report = {
+def _run_data_probes(model: nn.Module, data: Data, probes: list[Probe], ctx: Context, progress: bool | None,
+                     d: "distributed.Dist | None", entries: dict[str, dict[str, Any]],
+                     files: dict[str, bytes]) -> dict[str, Any] | None:
+    """The shared data pass, the merge of other ranks' states and each probe's compute
+    (entries and side files added in place). Returns the run statistics, or None on a
+    rank other than the main one (which writes no report)."""
+    stats = _data_pass(model, data, probes, ctx, progress if d is None or d.is_main else False, d)
+    if d is not None:
+        shards = distributed.gather(([p.state_dict() for p in probes], stats), d)
+        if not d.is_main:
+            return None
+        _merge_shards(probes, [states for states, _ in shards[1:]])
+        stats = {k: sum(s[k] for _, s in shards) for k in stats}  # totals over ranks
+        stats["world_size"] = d.world
+    for p in probes:
+        t = time.perf_counter()
+        result = p.compute()
+        entries[p.name] = _result_entry(p, result, p._seconds + time.perf_counter() - t)
+        files.update(result.files)
+    return stats
+
+
+def _report_dict(model: nn.Module, data: "Data | None", device: torch.device, run: dict[str, Any],
+                 probes: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The report's sections (before :func:`to_jsonable`); ``data`` None for a weight-only run."""
+    return {
         "schema": SCHEMA,
         "armetrics_version": __version__,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "model": model_section(model),
-        "data": data.info.to_dict() if isinstance(data, Data) and data_probes else None,
+        "data": data.info.to_dict() if isinstance(data, Data) else None,
         "environment": {"torch": torch.__version__, "device": str(device), "python": platform.python_version(),
                         "platform": platform.platform(), "threads": torch.get_num_threads()},
         "run": run,
-        "probes": {p.name: entries[p.name] for p in probe_objs},
+        "probes": probes,
     }
-    return Report(to_jsonable(report), files=files)
 
 
 def _merge_shards(probes: list[Probe], shards: list[list[dict]]) -> None:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import fnmatch
 from contextlib import contextmanager
 from typing import Iterator, Sequence
 
 from torch import nn
 
 from .errors import ConfigError, ProbeError
+from .functional import first_output
 
 
 def resolve_layers(model: nn.Module, names: Sequence[str]) -> dict[str, nn.Module]:
@@ -56,12 +58,38 @@ def capture_outputs(model: nn.Module, names: Sequence[str]) -> Iterator[Capture]
     def make_hook(key: str):
         def hook(_module, _inputs, output):
             if captured.enabled:
-                captured[key] = output[0] if isinstance(output, (tuple, list)) else output
+                captured[key] = first_output(output)
 
         return hook
 
     with forward_hooks(model, names, make_hook):
         yield captured
+
+
+def select_layers(model: nn.Module, patterns: Sequence[str] | None, *, option: str,
+                  types: tuple[type, ...], among: str = "typed", include_root: bool = False,
+                  ignore: Sequence[str] = ()) -> list[tuple[str, nn.Module]]:
+    """Layers of ``model`` as ``(name, module)`` in ``named_modules()`` order.
+
+    No ``patterns``: every module of ``types``. Else the modules whose name matches one of
+    the ``fnmatch`` globs (case-sensitive), looked for among the modules of ``types``
+    (``among="typed"``) or among all modules (``among="all"``). A glob that matches
+    nothing (except those in ``ignore``) is a ConfigError naming ``option``. The model
+    itself (name ``""``) is a candidate only with ``include_root``.
+    """
+    modules = [(n, m) for n, m in model.named_modules() if n or include_root]
+    typed = [(n, m) for n, m in modules if isinstance(m, types)]
+    if not patterns:
+        return typed
+    pool = typed if among == "typed" else modules
+    unmatched = [g for g in patterns if g not in ignore and not any(fnmatch.fnmatchcase(n, g) for n, _ in pool)]
+    if unmatched:
+        what = "/".join(t.__name__ for t in types) + " layer" if among == "typed" else "module"
+        verb = "matches" if len(unmatched) == 1 else "match"
+        examples = ", ".join(n for n, _ in pool[:12]) or "none"
+        raise ConfigError(f"{option}: {', '.join(map(repr, unmatched))} {verb} no {what}: use names from "
+                          f"model.named_modules(), e.g. {examples}")
+    return [(n, m) for n, m in pool if any(fnmatch.fnmatchcase(n, g) for g in patterns)]
 
 
 def check_captured(captured: dict, names: Sequence[str]) -> None:

@@ -33,12 +33,8 @@ import torch.autograd.forward_ad as fwAD
 from torch import nn
 
 from .errors import ProbeError
+from .functional import first_output, flat_norm
 from .hooks import forward_hooks, resolve_layers
-
-
-def flat_norm(t: torch.Tensor) -> torch.Tensor:
-    """Per-sample L2 norm of ``t`` (B, ...) -> (B,)."""
-    return t.flatten(1).norm(dim=1)
 
 
 def _unit(t: torch.Tensor) -> torch.Tensor:
@@ -73,7 +69,7 @@ def tap_outputs(model: nn.Module, names: Sequence[str],
 
     def make_hook(name: str):
         def hook(_module, _inputs, output):
-            out = output[0] if isinstance(output, (tuple, list)) else output
+            out = first_output(output)
             taps.calls[name] = taps.calls.get(name, 0) + 1
             taps.refs[name] = weakref.ref(out)
             taps.outputs[name] = reduce(name, out) if reduce is not None else out.clone()
@@ -101,7 +97,7 @@ def truncated(model: nn.Module, name: str, *, stop: bool = True) -> Callable[[to
         box: list[torch.Tensor] = []
 
         def hook(_module, _inputs, output):
-            out = output[0] if isinstance(output, (tuple, list)) else output
+            out = first_output(output)
             box[:] = [out.clone()]
             if stop:
                 raise _StopForward
@@ -214,6 +210,6 @@ def directional_derivative_norms(model: nn.Module, x: torch.Tensor, v: torch.Ten
 
     with fwAD.dual_level(), tap_outputs(model, names, reduce=tangent_norm) as taps:
         out = model(fwAD.make_dual(x, v))
-        out = out[0] if isinstance(out, (tuple, list)) else out
+        out = first_output(out)
         norm_out = tangent_norm("", out)
     return norm_out, dict(taps.outputs)

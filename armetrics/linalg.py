@@ -118,14 +118,10 @@ def trace_layers(model: nn.Module, input_shape: Sequence[int], types: tuple[type
     names: dict[int, str] = {}
     for name, module in model.named_modules():
         names.setdefault(id(module), name)
-    first = next(iter(model.parameters()), None)
-    device = first.device if first is not None else torch.device("cpu")
-    dtype = first.dtype if first is not None and first.is_floating_point() else torch.float32
-    x = torch.zeros((1, *map(int, input_shape)), device=device, dtype=dtype)
+    x = _zero_input(model, input_shape)
 
     records: dict[str, TracedLayer] = {}
     outputs: dict[int, tuple[str, torch.Tensor, int]] = {}  # id(tensor) -> (layer, tensor, version)
-    handles = []
 
     def pre_hook(module, args):
         name = names.get(id(module))
@@ -153,6 +149,23 @@ def trace_layers(model: nn.Module, input_shape: Sequence[int], types: tuple[type
                 rec.output_shape = tuple(out.shape[1:])
             outputs[id(out)] = (name, out, out._version)
 
+    _run_hooked(model, x, types, pre_hook, post_hook)
+    return list(records.values())
+
+
+def _zero_input(model: nn.Module, input_shape: Sequence[int]) -> torch.Tensor:
+    """A zero batch of one sample of ``input_shape``, on the model's device, in its float dtype."""
+    first = next(iter(model.parameters()), None)
+    device = first.device if first is not None else torch.device("cpu")
+    dtype = first.dtype if first is not None and first.is_floating_point() else torch.float32
+    return torch.zeros((1, *map(int, input_shape)), device=device, dtype=dtype)
+
+
+def _run_hooked(model: nn.Module, x: torch.Tensor, types: tuple[type, ...], pre_hook, post_hook) -> None:
+    """Run ``model(x)`` in eval mode under ``no_grad`` with ``pre_hook`` on every layer of
+    ``types`` and every BatchNorm and ``post_hook`` on every layer of ``types``; the hooks
+    are removed and the train/eval flags restored afterwards."""
+    handles = []
     modes = {m: m.training for m in model.modules()}
     try:
         for module in model.modules():
@@ -168,7 +181,6 @@ def trace_layers(model: nn.Module, input_shape: Sequence[int], types: tuple[type
             h.remove()
         for m, training in modes.items():
             m.training = training
-    return list(records.values())
 
 
 # ----------------------------------------------------------------------------- weights

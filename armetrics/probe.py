@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import hashlib
 import inspect
 import types
 import typing
@@ -31,6 +30,7 @@ import torch
 from torch import nn
 
 from .errors import ProbeError
+from .functional import seeded_generator
 
 Reduce = typing.Union[str, Callable[[Any, Any], Any]]
 
@@ -83,10 +83,7 @@ class Batch:
 
     def rng(self, stream: str = "") -> torch.Generator:
         """A generator seeded by (run seed, batch offset, stream name), on x's device."""
-        digest = hashlib.sha256(f"{self.seed}:{self.offset}:{stream}".encode()).digest()
-        g = torch.Generator(device=self.x.device)
-        g.manual_seed(int.from_bytes(digest[:8], "little") & ((1 << 63) - 1))
-        return g
+        return seeded_generator(self.seed, self.offset, stream, device=self.x.device)
 
 
 @dataclass

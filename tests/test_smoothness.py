@@ -222,7 +222,7 @@ def test_options_and_errors():
     probe = Smoothness(layers="fc*")
     probe.setup(Context(model=net, device=torch.device("cpu")))
     assert probe.rows == ["fc1", "fc2", "logits"]
-    with pytest.raises(ConfigError, match="match no module"):
+    with pytest.raises(ConfigError, match="match(es)? no module"):
         Smoothness(layers="features.*").setup(Context(model=net, device=torch.device("cpu")))
     for bad in ({"iters": -1}, {"radius": -1.0}, {"max_samples": 0}):
         with pytest.raises(ConfigError):

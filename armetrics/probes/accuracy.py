@@ -6,15 +6,9 @@ from typing import Annotated
 
 import torch
 
+from ..functional import top1_correct
 from ..probe import Batch, Probe, ProbeResult
 from ..registry import register_probe
-
-
-def top1_correct(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Boolean (B,) mask: ``argmax_j logits[i, j] == y[i]`` (ties -> lowest index, as
-    ``torch.argmax``; a row with NaN counts as wrong)."""
-    ok = logits.argmax(dim=1) == y
-    return ok & torch.isfinite(logits).all(dim=1)
 
 
 @register_probe("accuracy")

@@ -25,10 +25,10 @@ from typing import Annotated
 import torch
 
 from ..errors import ConfigError
+from ..functional import top1_correct
 from ..probe import Batch, Probe, ProbeResult
 from ..registry import register_probe
 from ..stats import MAX_BINS, ExactSum, Histogram
-from .accuracy import top1_correct
 
 
 def confidence_terms(logits: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:

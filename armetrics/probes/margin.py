@@ -26,6 +26,7 @@ import torch
 
 from ..boundary import MIN_RADIUS_RATIO, boundary_distance
 from ..errors import ConfigError, ProbeError
+from ..functional import Norm, logit_margin  # noqa: F401  (logit_margin: re-exported)
 from ..probe import Batch, Context, Probe, ProbeResult
 from ..registry import register_probe
 from ..stats import MAX_BINS, Histogram, QuantileSketch
@@ -33,15 +34,6 @@ from ..stats import MAX_BINS, Histogram, QuantileSketch
 #: relative error of every quantile (median, q05, ...) this probe reports
 SKETCH_ALPHA = 0.005
 QUANTILES = {"q05": 0.05, "q25": 0.25, "q75": 0.75, "q95": 0.95}
-Norm = Literal["L2", "Linf"]
-
-
-def logit_margin(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """``z_y - max_{j != y} z_j`` per row, float64, shape (B,). Needs K >= 2."""
-    z = logits.detach().double()
-    z_y = z.gather(1, y[:, None]).squeeze(1)
-    other = z.scatter(1, y[:, None], -math.inf).amax(dim=1)
-    return z_y - other
 
 
 def prob_margin(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

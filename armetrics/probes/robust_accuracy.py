@@ -16,7 +16,6 @@ usual reference. Only samples classified correctly at ``x`` are attacked.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
 import math
 import sys
@@ -28,9 +27,9 @@ from torch import nn
 
 from ..attacks import pgd
 from ..errors import ConfigError, ProbeError
+from ..functional import LogitsModule, derive_seed, per_sample_norm, top1_correct
 from ..probe import Batch, Probe, ProbeResult
 from ..registry import register_probe
-from .accuracy import top1_correct
 
 DEFAULT_EPS = {"Linf": 8 / 255, "L2": 0.5}  # RobustBench's CIFAR-10 threat models
 
@@ -44,18 +43,6 @@ def wilson_interval(k: int, n: int, z: float = 1.959963984540054) -> tuple[float
     center = (p + z * z / (2 * n)) / denom
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
     return max(0.0, center - half), min(1.0, center + half)
-
-
-class _Logits(nn.Module):
-    """The model returning a logits tensor (the first element if it returns a tuple)."""
-
-    def __init__(self, model: nn.Module):
-        super().__init__()
-        self.model = model
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.model(x)
-        return out[0] if isinstance(out, (tuple, list)) else out
 
 
 class _ListHandler(logging.Handler):
@@ -93,16 +80,6 @@ def _contained(model: nn.Module, device: torch.device, notes: list[str]) -> Iter
         logger.removeHandler(handler)
         logger.propagate = old_propagate
         sys.settrace(old_trace)
-
-
-def _int_seed(seed: int, offset: int, stream: str) -> int:
-    digest = hashlib.sha256(f"{seed}:{offset}:{stream}".encode()).digest()
-    return int.from_bytes(digest[:4], "little") & 0x7FFFFFFF
-
-
-def _dist(a: torch.Tensor, b: torch.Tensor, norm: str) -> torch.Tensor:
-    diff = (a - b).flatten(1)
-    return diff.abs().amax(dim=1) if norm == "Linf" else diff.norm(dim=1)
 
 
 @register_probe("robust_accuracy")
@@ -154,7 +131,7 @@ class RobustAccuracy(Probe):
         if pos.numel() == 0:
             return
         x, y = batch.x[pos].detach(), batch.y[pos]
-        model = _Logits(batch.model)
+        model = LogitsModule(batch.model)
         if self.radius == 0:
             robust = torch.ones_like(y, dtype=torch.bool)
         elif self.attack == "pgd":
@@ -186,7 +163,7 @@ class RobustAccuracy(Probe):
             raise ConfigError("attack=autoattack needs the pyautoattack package: pip install pyautoattack, "
                               "or use --set robust_accuracy.attack=pgd") from None
         notes: list[str] = []
-        seed = _int_seed(batch.seed, batch.offset, "robust_accuracy/autoattack")
+        seed = derive_seed(batch.seed, batch.offset, "robust_accuracy/autoattack", bits=31)
         with _contained(model, x.device, notes):
             aa = AutoAttack(model, norm=self.norm, eps=self.radius, version="standard", device=x.device, seed=seed)
             aa.verbose = False
@@ -195,7 +172,7 @@ class RobustAccuracy(Probe):
             aa.fab.n_target_classes = targets
             x_adv, _ = aa.run_standard_evaluation(x, y, batch_size=x.shape[0])
         x_adv = x_adv.to(x.device, x.dtype)
-        too_far = _dist(x_adv, x, self.norm) > self.radius * (1 + 1e-4) + 1e-6
+        too_far = per_sample_norm(x_adv - x, self.norm) > self.radius * (1 + 1e-4) + 1e-6
         if bool(too_far.any()) or x_adv.min() < 0 or x_adv.max() > 1:
             raise ProbeError("AutoAttack returned points outside the eps-ball or [0, 1]: report this with your pyautoattack version")
         with torch.no_grad():

@@ -34,8 +34,6 @@ merge and ordered by sample index, so merged shards equal one run.
 
 from __future__ import annotations
 
-import fnmatch
-import hashlib
 import math
 from typing import Annotated
 
@@ -44,22 +42,18 @@ import torch
 from torch import nn
 
 from ..attacks import pgd
-from ..errors import ConfigError, ProbeError
-from ..jacobian import directional_derivative_norms, flat_norm, tap_outputs, top_singular_value, truncated
+from ..errors import ConfigError, ProbeError, first_line
+from ..functional import flat_norm, logits as model_logits, seeded_generator
+from ..hooks import select_layers
+from ..jacobian import directional_derivative_norms, tap_outputs, top_singular_value, truncated
 from ..probe import Batch, Context, Probe, ProbeResult
 from ..registry import register_probe
+from ..linalg import LINEAR_TYPES
 from ..stats import Histogram
 
 LOGITS = "logits"
-DEFAULT_TYPES = (nn.Conv2d, nn.Linear)
 #: quantities stored per sample and row (N x L each)
 PER_ROW = ("ratio_random", "ratio_worst", "ratio_worst_prev", "ratio_pgd", "h_norm")
-
-
-def seeded_generator(seed: int, stream: str) -> torch.Generator:
-    """A CPU generator seeded by (run seed, stream name)."""
-    digest = hashlib.sha256(f"{seed}:{stream}".encode()).digest()
-    return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") & ((1 << 63) - 1))
 
 
 def default_radius(d: int) -> float:
@@ -95,10 +89,6 @@ def _deviation_loss(target: torch.Tensor):
         return (out.flatten(1) - target).pow(2).sum()
 
     return loss
-
-
-def _as_logits(out) -> torch.Tensor:
-    return out[0] if isinstance(out, (tuple, list)) else out
 
 
 @register_probe("smoothness")
@@ -157,19 +147,12 @@ class Smoothness(Probe):
     # ----- setup ---------------------------------------------------------------
     def setup(self, ctx: Context) -> None:
         super().setup(ctx)
-        modules = [(n, m) for n, m in ctx.model.named_modules() if n]
-        if self.layers is None:
-            names = [n for n, m in modules if isinstance(m, DEFAULT_TYPES)]
-        else:
-            globs = [g.strip() for g in self.layers.split(",") if g.strip()]
-            unmatched = [g for g in globs if g != LOGITS and not any(fnmatch.fnmatchcase(n, g) for n, _ in modules)]
-            if unmatched:
-                known = ", ".join(n for n, _ in modules[:12])
-                raise ConfigError(f"smoothness.layers: {', '.join(unmatched)} match no module: use names from "
-                                  f"model.named_modules(), e.g. {known}")
-            names = [n for n, _ in modules if any(fnmatch.fnmatchcase(n, g) for g in globs)]
+        globs = None if self.layers is None else [g.strip() for g in self.layers.split(",") if g.strip()]
+        selected = select_layers(ctx.model, globs, option="smoothness.layers", types=LINEAR_TYPES,
+                                 among="all", ignore=(LOGITS,))
+        names = [n for n, _ in selected]
         self._names = names
-        self._types = {n: type(m).__name__ for n, m in modules if n in set(names)}
+        self._types = {n: type(m).__name__ for n, m in selected}
         self._logits_row = LOGITS if LOGITS not in names else "logits (output)"
 
     @property
@@ -189,74 +172,27 @@ class Smoothness(Probe):
         if pos.numel() == 0:
             return
         x = batch.x[pos.to(batch.x.device)].detach()
-        model, names, rows = batch.model, self._names, self.rows
+        model, rows = batch.model, self.rows
         n, d, L = x.shape[0], x[0].numel(), len(rows)
         radius = self.radius_for(d)
         nan = torch.full((n, L), math.nan, dtype=torch.float64)
         out = {k: nan.clone() for k in PER_ROW}
+        col = {r: j for j, r in enumerate(rows)}
 
         # 1. h(x) for every row, with the graph when the Jacobian is needed
-        need_grad = self.iters > 0
-        xg = x.clone().requires_grad_(need_grad)
-        with torch.set_grad_enabled(need_grad), tap_outputs(model, names) as taps:
-            logits = _as_logits(model(xg))
-        missing = [nm for nm in names if nm not in taps.outputs]
-        if missing:
-            raise ProbeError(f"smoothness: layers {', '.join(missing)} produced no output in the forward pass: "
-                             f"choose other modules with --set smoothness.layers=...")
-        h = {**taps.outputs, self._logits_row: logits}
-        calls = dict(taps.calls)
+        xg, h, calls, alias = self._outputs(model, x)
         h0 = {k: v.detach().flatten(1) for k, v in h.items()}
-        # a module whose output IS the model output (a final Linear) shares the logits row's numbers
-        alias = {nm: self._logits_row for nm in names if taps.is_same(nm, logits)}
         work = [r for r in rows if r not in alias]
-        col = {r: j for j, r in enumerate(rows)}
         out["h_norm"] = torch.stack([flat_norm(h0[r]) for r in rows], 1).double().cpu()
-
         # 2. random directions: all rows share each perturbed forward pass
         if self.directions > 0:
-            shape = (self.directions,) + tuple(x.shape[1:])
-            g = torch.stack([torch.randn(shape, generator=gen, device=x.device, dtype=x.dtype)
-                             for gen in batch.sample_rngs("smoothness/random", pos.tolist())])
-            g = g / g.flatten(2).norm(dim=2).view(n, self.directions, *([1] * (x.ndim - 1)))
-            acc = torch.zeros(n, L, dtype=torch.float64, device=x.device)
-            for k in range(self.directions):
-                per_row = self._random_pass(model, x, g[:, k], radius, h0, names)
-                acc += torch.stack([per_row[r] for r in rows], 1).double()
-            out["ratio_random"] = (acc / self.directions).cpu()
-
+            out["ratio_random"] = self._random_ratios(model, x, batch, pos, radius, h0)
         # 3. worst direction: power iteration on J^T J per row, one shared forward graph
-        v_top: dict[str, torch.Tensor] = {}
-        if self.iters > 0:
-            v0 = torch.stack([torch.randn(x.shape[1:], generator=gen, device=x.device, dtype=x.dtype)
-                              for gen in batch.sample_rngs("smoothness/power", pos.tolist())])
-            with torch.enable_grad():
-                for r in work:
-                    try:
-                        res = top_singular_value(xg, h[r], v0, self.iters)
-                    except (RuntimeError, NotImplementedError) as exc:
-                        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
-                        raise ProbeError(f"smoothness: the Jacobian of {r!r} needs double backward, which this model "
-                                         f"does not support ({first}): use --set smoothness.iters=0") from None
-                    out["ratio_worst"][:, col[r]] = res.sigma.double().cpu()
-                    out["ratio_worst_prev"][:, col[r]] = res.sigma_prev.double().cpu()
-                    v_top[r] = res.v
-        del h, xg, logits, taps
-
+        v_top = self._worst_ratios(xg, h, x, batch, pos, work, col, out) if self.iters > 0 else {}
+        del h, xg  # the graph is not needed any more
         # 4. PGD in the L2 ball of radius, maximizing ||h(x+delta) - h(x)||, one run per row
         if self.pgd_steps > 0 and radius > 0:
-            gens = batch.sample_rngs("smoothness/pgd", pos.tolist())
-            for r in work:
-                name = "" if r == self._logits_row else r
-                f = truncated(model, name, stop=calls.get(name, 1) == 1)
-                target = h0[r]
-                loss = _deviation_loss(target)
-                init = radius * v_top[r] if r in v_top else None
-                xa = pgd(lambda z: _as_logits(f(z)), x, None, radius, norm="L2", steps=self.pgd_steps,
-                         loss_fn=loss, clamp=None, generator=gens, init=init)
-                with torch.no_grad():
-                    ha = _as_logits(f(xa)).flatten(1)
-                out["ratio_pgd"][:, col[r]] = (flat_norm(ha - target) / flat_norm(xa - x)).double().cpu()
+            self._pgd_ratios(model, x, batch, pos, radius, work, col, h0, calls, v_top, out)
 
         for nm, src in alias.items():
             for k in ("ratio_worst", "ratio_worst_prev", "ratio_pgd"):
@@ -264,6 +200,75 @@ class Smoothness(Probe):
         meta = {"d": d, "dims": [int(h0[r].shape[1]) for r in rows]}
         self.chunks = self.chunks + [{"index": (batch.offset + pos).long().cpu(),
                                       "x_norm": flat_norm(x).double().cpu(), **out, "meta": meta}]
+
+    def _outputs(self, model: nn.Module, x: torch.Tensor):
+        """One forward pass of ``x`` (requiring grad when ``iters > 0``): the input used,
+        every row's output ``h`` by row name, each tapped module's call count, and the
+        modules whose output IS the model output (aliases of the logits row)."""
+        names = self._names
+        need_grad = self.iters > 0
+        xg = x.clone().requires_grad_(need_grad)
+        with torch.set_grad_enabled(need_grad), tap_outputs(model, names) as taps:
+            logits = model_logits(model, xg)
+        missing = [nm for nm in names if nm not in taps.outputs]
+        if missing:
+            raise ProbeError(f"smoothness: layers {', '.join(missing)} produced no output in the forward pass: "
+                             f"choose other modules with --set smoothness.layers=...")
+        h = {**taps.outputs, self._logits_row: logits}
+        # a module whose output IS the model output (a final Linear) shares the logits row's numbers
+        alias = {nm: self._logits_row for nm in names if taps.is_same(nm, logits)}
+        return xg, h, dict(taps.calls), alias
+
+    def _random_ratios(self, model: nn.Module, x: torch.Tensor, batch: Batch, pos: torch.Tensor, radius: float,
+                       h0: dict[str, torch.Tensor]) -> torch.Tensor:
+        """(n, L) mean ratio over ``directions`` seeded isotropic unit directions per sample."""
+        n, rows = x.shape[0], self.rows
+        shape = (self.directions,) + tuple(x.shape[1:])
+        g = torch.stack([torch.randn(shape, generator=gen, device=x.device, dtype=x.dtype)
+                         for gen in batch.sample_rngs("smoothness/random", pos.tolist())])
+        g = g / g.flatten(2).norm(dim=2).view(n, self.directions, *([1] * (x.ndim - 1)))
+        acc = torch.zeros(n, len(rows), dtype=torch.float64, device=x.device)
+        for k in range(self.directions):
+            per_row = self._random_pass(model, x, g[:, k], radius, h0, self._names)
+            acc += torch.stack([per_row[r] for r in rows], 1).double()
+        return (acc / self.directions).cpu()
+
+    def _worst_ratios(self, xg: torch.Tensor, h: dict[str, torch.Tensor], x: torch.Tensor, batch: Batch,
+                      pos: torch.Tensor, work: list[str], col: dict[str, int],
+                      out: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Fill ``ratio_worst`` and ``ratio_worst_prev`` of the ``work`` rows in ``out``;
+        returns each row's top right singular vector estimate (the PGD start)."""
+        v_top: dict[str, torch.Tensor] = {}
+        v0 = torch.stack([torch.randn(x.shape[1:], generator=gen, device=x.device, dtype=x.dtype)
+                          for gen in batch.sample_rngs("smoothness/power", pos.tolist())])
+        with torch.enable_grad():
+            for r in work:
+                try:
+                    res = top_singular_value(xg, h[r], v0, self.iters)
+                except (RuntimeError, NotImplementedError) as exc:
+                    raise ProbeError(f"smoothness: the Jacobian of {r!r} needs double backward, which this model "
+                                     f"does not support ({first_line(exc, 160)}): use --set smoothness.iters=0") from None
+                out["ratio_worst"][:, col[r]] = res.sigma.double().cpu()
+                out["ratio_worst_prev"][:, col[r]] = res.sigma_prev.double().cpu()
+                v_top[r] = res.v
+        return v_top
+
+    def _pgd_ratios(self, model: nn.Module, x: torch.Tensor, batch: Batch, pos: torch.Tensor, radius: float,
+                    work: list[str], col: dict[str, int], h0: dict[str, torch.Tensor], calls: dict[str, int],
+                    v_top: dict[str, torch.Tensor], out: dict[str, torch.Tensor]) -> None:
+        """Fill ``ratio_pgd`` of the ``work`` rows in ``out``: one L2 PGD run per row."""
+        gens = batch.sample_rngs("smoothness/pgd", pos.tolist())
+        for r in work:
+            name = "" if r == self._logits_row else r
+            f = truncated(model, name, stop=calls.get(name, 1) == 1)
+            target = h0[r]
+            loss = _deviation_loss(target)
+            init = radius * v_top[r] if r in v_top else None
+            xa = pgd(lambda z: model_logits(f, z), x, None, radius, norm="L2", steps=self.pgd_steps,
+                     loss_fn=loss, clamp=None, generator=gens, init=init)
+            with torch.no_grad():
+                ha = model_logits(f, xa).flatten(1)
+            out["ratio_pgd"][:, col[r]] = (flat_norm(ha - target) / flat_norm(xa - x)).double().cpu()
 
     def _random_pass(self, model: nn.Module, x: torch.Tensor, u: torch.Tensor, radius: float,
                      h0: dict[str, torch.Tensor], names: list[str]) -> dict[str, torch.Tensor]:
@@ -274,9 +279,8 @@ class Smoothness(Probe):
                 with torch.no_grad():
                     norm_out, norms = directional_derivative_norms(model, x, u, names)
             except (RuntimeError, NotImplementedError) as exc:
-                first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
                 raise ProbeError(f"smoothness: radius=0 needs forward-mode AD, which this model does not support "
-                                 f"({first}): use a radius > 0") from None
+                                 f"({first_line(exc, 160)}): use a radius > 0") from None
             return {**norms, self._logits_row: norm_out}
 
         def deviation(name: str, o: torch.Tensor) -> torch.Tensor:
@@ -287,7 +291,7 @@ class Smoothness(Probe):
             return flat_norm(o - ref)
 
         with torch.no_grad(), tap_outputs(model, names, reduce=deviation) as taps:
-            o = _as_logits(model(x + radius * u))
+            o = model_logits(model, x + radius * u)
         res = {nm: taps.outputs[nm] / radius for nm in names}
         res[self._logits_row] = flat_norm(o.flatten(1) - h0[self._logits_row]) / radius
         return res

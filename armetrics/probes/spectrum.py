@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import fnmatch
 import io
 import math
 import time
@@ -15,7 +14,8 @@ import torch
 from torch import nn
 
 from .. import checks, interrupt
-from ..errors import ArmetricsError, ConfigError, ProbeError
+from ..errors import ArmetricsError, ConfigError, ProbeError, first_line
+from ..hooks import select_layers
 from ..linalg import LINEAR_TYPES, TracedLayer, all_finite, singular_values, trace_layers
 from ..probe import Probe, ProbeResult
 from ..registry import register_probe
@@ -139,19 +139,7 @@ class Spectrum(Probe):
 
     # ------------------------------------------------------------------ layer selection
     def _select(self, model: nn.Module) -> list[tuple[str, nn.Module]]:
-        candidates = [(n, m) for n, m in model.named_modules() if isinstance(m, LINEAR_TYPES)]
-        if not self.layers:
-            return candidates
-        chosen = []
-        for pattern in self.layers:
-            hits = [n for n, _ in candidates if fnmatch.fnmatchcase(n, pattern)]
-            if not hits:
-                examples = ", ".join(n for n, _ in candidates[:8]) or "none"
-                raise ConfigError(f"spectrum.layers pattern {pattern!r} matches no Conv2d/Linear layer: "
-                                  f"use names from model.named_modules(), e.g. {examples}")
-            chosen.extend(hits)
-        chosen_set = set(chosen)
-        return [(n, m) for n, m in candidates if n in chosen_set]
+        return select_layers(model, self.layers, option="spectrum.layers", types=LINEAR_TYPES, include_root=True)
 
     def _trace(self, model: nn.Module, input_shape: tuple[int, ...], details: dict) -> dict[str, TracedLayer]:
         try:
@@ -159,7 +147,7 @@ class Spectrum(Probe):
         except ArmetricsError:
             raise
         except Exception as exc:  # the model's own forward failed on the dummy input
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+            first = first_line(exc, 160)
             if self.method != "reshape":
                 raise ProbeError(
                     f"spectrum could not trace the model on an input of shape {input_shape} ({first}): "
@@ -247,7 +235,7 @@ class Spectrum(Probe):
             row.update(empty, count=0, nonfinite=True)
             return row, None
         except (RuntimeError, torch.linalg.LinAlgError, ArithmeticError) as exc:
-            row.update(empty, count=0, error=(str(exc).splitlines() or [type(exc).__name__])[0][:200])
+            row.update(empty, count=0, error=first_line(exc))
             return row, None
         sigma = sigma.detach().to("cpu", torch.float64).numpy()
         complete = self.method != "power" or len(sigma) >= _full_count(module, trace)

@@ -1,0 +1,179 @@
+"""The comparison page: ``index.html`` of :func:`armetrics.comparison.compare`.
+
+:func:`render_html` turns the ordered entries, the summary table and the figures of a
+comparison into one self-contained page (inline CSS, no JS, figures linked by relative
+file name). Every value taken from a report is HTML-escaped here; the page is built from
+sections (header and notes, models, summary, probe options, figures, correlation), each
+a list of HTML lines.
+"""
+
+from __future__ import annotations
+
+import html
+import math
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Sequence
+
+from . import __version__
+from .comparison import FIXED_COLUMNS, MIN_MODELS_FOR_CORRELATION, Entry  # comparison imports this module lazily
+
+CSS = """
+body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:2em auto;max-width:1200px;
+padding:0 1em;color:#222;line-height:1.4}
+h1{font-size:1.6em}h2{font-size:1.25em;margin-top:1.8em;border-bottom:1px solid #ddd}
+table{border-collapse:collapse;font-size:0.85em;margin:0.5em 0}
+th,td{border:1px solid #ddd;padding:3px 7px;text-align:right;white-space:nowrap}
+th{background:#f4f4f4}td.k,th.k{text-align:left}tr.probe th{text-align:left;background:#e9eef5}
+.scroll{overflow-x:auto}.note{background:#fff6dd;border-left:4px solid #e0b000;padding:0.4em 0.8em;margin:0.5em 0}
+figure{margin:1.2em 0}figure img{max-width:100%;border:1px solid #eee}figcaption{font-size:0.9em;color:#444}
+.swatch{display:inline-block;width:0.9em;height:0.9em;border-radius:2px;margin-right:0.4em;vertical-align:-0.1em}
+code{font-size:0.9em}
+"""
+
+esc = html.escape
+
+
+def _fmt(v: Any) -> str:
+    """A table cell of the page, HTML-escaped."""
+    if v is None or (isinstance(v, float) and not math.isfinite(v)):
+        return "–"
+    if isinstance(v, float):
+        if v == 0:
+            return "0"
+        return f"{v:.4g}" if 1e-3 <= abs(v) < 1e5 else f"{v:.3e}"
+    return html.escape(str(v))
+
+
+def _eps_text(eps: float | None) -> str:
+    if eps is None or not math.isfinite(eps):
+        return "–"
+    k = eps * 255
+    if math.isfinite(k) and abs(k - round(k)) < 1e-6:
+        return f"{round(k)}/255"
+    return f"{eps:g}"
+
+
+def _hex_colours(n: int) -> list[str]:
+    """``#rrggbb`` of the model colours the figures use (one per model, in order)."""
+    from .plots import colours
+
+    return ["#%02x%02x%02x" % tuple(int(255 * c) for c in col[:3]) for col in colours(n)]
+
+
+def _swatch(hx: str) -> str:
+    return f"<span class=\"swatch\" style=\"background:{hx}\"></span>"
+
+
+# --------------------------------------------------------------------------- sections
+def _head(n_models: int, has_correlation: bool, notes: Sequence[str]) -> list[str]:
+    """The document start, title, the line about how the page was made, and the notes."""
+    when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    parts = [f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+             f"<title>armetrics comparison</title><style>{CSS}</style></head><body>",
+             f"<h1>armetrics comparison of {n_models} model{'s' if n_models != 1 else ''}</h1>",
+             f"<p>Written by armetrics {esc(__version__)} on {esc(when)}. Models are ordered by ε, then robust "
+             f"accuracy; the same colour marks a model in every figure. Numbers: <a href=\"summary.csv\">summary.csv</a>"
+             + (", <a href=\"correlation.csv\">correlation.csv</a>" if has_correlation else "") + ".</p>"]
+    parts += [f"<p class=\"note\">{esc(note)}</p>" for note in notes]
+    return parts
+
+
+def _models_table(entries: Sequence[Entry], rows: Sequence[dict[str, Any]], hexes: Sequence[str]) -> list[str]:
+    """One row per model: label (with its colour), source, sha256, ε, data selection, note."""
+    parts = ["<h2>Models</h2><div class=\"scroll\"><table><tr><th class=\"k\">model</th><th class=\"k\">source</th>"
+             "<th>sha256</th><th>ε</th><th class=\"k\">ε from</th><th class=\"k\">data</th><th>n</th><th>seed</th>"
+             "<th class=\"k\">note</th></tr>"]
+    for e, row, hx in zip(entries, rows, hexes):
+        parts.append(
+            f"<tr><td class=\"k\">{_swatch(hx)}{esc(e.label)}</td>"
+            f"<td class=\"k\"><code>{esc(str(row['source']))}</code></td><td><code>{esc(str(row['sha256'] or '–'))}</code></td>"
+            f"<td>{esc(_eps_text(e.eps))}</td><td class=\"k\">{esc(e.eps_from or '–')}</td>"
+            f"<td class=\"k\">{esc(str(row['data_source'] or '–'))}</td><td>{_fmt(row['data_n'])}</td>"
+            f"<td>{_fmt(row['data_seed'])}</td><td class=\"k\">{esc(e.data_note)}</td></tr>")
+    parts.append("</table></div>")
+    return parts
+
+
+def _summary_table(entries: Sequence[Entry], header: Sequence[str], rows: Sequence[dict[str, Any]],
+                   hexes: Sequence[str]) -> list[str]:
+    """One row per summary key (grouped under its probe), one column per model: wide
+    tables read badly the other way."""
+    parts = ["<h2>Summary</h2><div class=\"scroll\"><table><tr><th class=\"k\">key</th>"
+             + "".join(f"<th>{_swatch(hx)}{esc(e.label)}</th>" for e, hx in zip(entries, hexes)) + "</tr>"]
+    fixed = set(FIXED_COLUMNS)
+    current = None
+    for col in header:
+        if col in fixed:
+            continue
+        probe, _, key = col.partition(".")
+        if probe != current:
+            current = probe
+            parts.append(f"<tr class=\"probe\"><th colspan=\"{len(entries) + 1}\">{esc(probe)}</th></tr>")
+        parts.append(f"<tr><td class=\"k\">{esc(key)}</td>" + "".join(f"<td>{_fmt(r.get(col))}</td>" for r in rows)
+                     + "</tr>")
+    parts.append("</table></div>")
+    return parts
+
+
+def _options_table(entries: Sequence[Entry]) -> list[str]:
+    """Each probe's options (the same in every report that ran it); nothing without probes."""
+    configs: dict[str, dict] = {}
+    for e in entries:
+        for p in e.report.probes:
+            configs.setdefault(p, e.report.config(p))
+    if not configs:
+        return []
+    parts = ["<h2>Probe options</h2><p>Every report that ran a probe ran it with these options.</p>"
+             "<table><tr><th class=\"k\">probe</th><th class=\"k\">options</th></tr>"]
+    for p, cfg in configs.items():
+        text = ", ".join(f"{k}={v!r}" for k, v in cfg.items()) or "(defaults, none)"
+        parts.append(f"<tr><td class=\"k\">{esc(p)}</td><td class=\"k\"><code>{esc(text)}</code></td></tr>")
+    parts.append("</table>")
+    return parts
+
+
+def _figures(figures: dict[str, Path]) -> list[str]:
+    """Every figure with its caption, or a line saying why there is none."""
+    from .plots import CAPTIONS
+
+    if not figures:
+        return ["<p>No figures: none of the reports has a probe with something to draw "
+                "(spectrum, margin, confidence, smoothness, robust_accuracy).</p>"]
+    parts = ["<h2>Figures</h2>"]
+    for name in figures:
+        caption = CAPTIONS.get(name, "")
+        parts.append(f"<figure><img src=\"{esc(name)}\" alt=\"{esc(caption or name)}\">"
+                     f"<figcaption>{esc(caption)}</figcaption></figure>")
+    return parts
+
+
+def _correlation_table(corr_rows: Sequence[dict[str, Any]] | None) -> list[str]:
+    """Spearman ρ of each key with the leaderboard robust accuracy (only with a correlation)."""
+    if corr_rows is None:
+        return []
+    parts = ["<h2>Rank correlation with leaderboard robust accuracy</h2><p>Spearman ρ between each summary "
+             "key and the RobustBench leaderboard's robust accuracy over the models that have both; "
+             f"undefined (–) for fewer than {MIN_MODELS_FOR_CORRELATION} models or constant values.</p>"
+             "<div class=\"scroll\"><table><tr><th class=\"k\">key</th><th>n</th><th>Spearman ρ</th>"
+             "<th>p-value</th><th class=\"k\">note</th></tr>"]
+    for r in corr_rows:
+        parts.append(f"<tr><td class=\"k\">{esc(r['key'])}</td><td>{_fmt(r['n'])}</td><td>{_fmt(r['spearman_rho'])}</td>"
+                     f"<td>{_fmt(r['p_value'])}</td><td class=\"k\">{esc(r['note'])}</td></tr>")
+    parts.append("</table></div>")
+    return parts
+
+
+# --------------------------------------------------------------------------- page
+def render_html(entries: Sequence[Entry], header: Sequence[str], rows: Sequence[dict[str, Any]],
+                figures: dict[str, Path], corr_rows: Sequence[dict[str, Any]] | None, notes: Sequence[str]) -> str:
+    """The self-contained comparison page (figures linked by relative file name)."""
+    hexes = _hex_colours(len(entries))
+    parts = [*_head(len(entries), corr_rows is not None, notes),
+             *_models_table(entries, rows, hexes),
+             *_summary_table(entries, header, rows, hexes),
+             *_options_table(entries),
+             *_figures(figures),
+             *_correlation_table(corr_rows),
+             "</body></html>\n"]
+    return "\n".join(parts)
