@@ -67,7 +67,8 @@ def main(argv: list[str] | None = None) -> None:
 
     Third-party warnings and log records (torch, robustbench, PIL, pickle protocols) are
     silenced unless ``--debug`` (or ``ARMETRICS_DEBUG=1``), which also shows tracebacks."""
-    if argv is None:
+    console = argv is None
+    if console:
         argv = sys.argv[1:]
         interrupt.install()
     session = Session()
@@ -75,8 +76,26 @@ def main(argv: list[str] | None = None) -> None:
     with warnings.catch_warnings():
         try:
             _run(list(argv), session)
+        except SystemExit as exc:
+            if console and exc.code == 130:
+                _exit_interrupted()
+            raise
         finally:
             logging.disable(logging.NOTSET)
+
+
+def _exit_interrupted() -> None:
+    """End an interrupted command with status 130 at once. Unwinding through the
+    interpreter's shutdown after a KeyboardInterrupt sometimes ends the process *by*
+    SIGINT instead (status -2; seen under ``python -m`` about once in ten runs), which
+    callers that check for 130 misread; everything worth keeping is already written
+    (reports are renamed into place or not at all), so nothing is lost by skipping it."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(130)
 
 
 def _run(argv: list[str], session: Session) -> None:
