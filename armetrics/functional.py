@@ -95,15 +95,3 @@ def seeded_generator(*parts: Any, device: torch.device | str | None = None) -> t
     """A ``torch.Generator`` (CPU unless ``device``) seeded by :func:`derive_seed` of ``parts``."""
     g = torch.Generator() if device is None else torch.Generator(device=device)
     return g.manual_seed(derive_seed(*parts))
-
-
-# ----------------------------------------------------------------- formatting
-def format_eps(eps: float | None) -> str:
-    """A radius in [0, 1] pixel units as text: ``"8/255"`` for a multiple of 1/255 (to
-    1e-6 of a 255th), else ``f"{eps:g}"``; ``"–"`` for None or a non-finite value."""
-    if eps is None or not math.isfinite(eps):
-        return "–"
-    k = eps * 255
-    if math.isfinite(k) and abs(k - round(k)) < 1e-6:
-        return f"{round(k)}/255"
-    return f"{eps:g}"

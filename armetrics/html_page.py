@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from . import __version__
+from .zoo import format_eps
 from .comparison import FIXED_COLUMNS, MIN_MODELS_FOR_CORRELATION, Entry  # comparison imports this module lazily
 
 CSS = """
@@ -44,14 +45,6 @@ def _fmt(v: Any) -> str:
         return f"{v:.4g}" if 1e-3 <= abs(v) < 1e5 else f"{v:.3e}"
     return html.escape(str(v))
 
-
-def _eps_text(eps: float | None) -> str:
-    if eps is None or not math.isfinite(eps):
-        return "–"
-    k = eps * 255
-    if math.isfinite(k) and abs(k - round(k)) < 1e-6:
-        return f"{round(k)}/255"
-    return f"{eps:g}"
 
 
 def _hex_colours(n: int) -> list[str]:
@@ -88,7 +81,7 @@ def _models_table(entries: Sequence[Entry], rows: Sequence[dict[str, Any]], hexe
         parts.append(
             f"<tr><td class=\"k\">{_swatch(hx)}{esc(e.label)}</td>"
             f"<td class=\"k\"><code>{esc(str(row['source']))}</code></td><td><code>{esc(str(row['sha256'] or '–'))}</code></td>"
-            f"<td>{esc(_eps_text(e.eps))}</td><td class=\"k\">{esc(e.eps_from or '–')}</td>"
+            f"<td>{esc(format_eps(e.eps))}</td><td class=\"k\">{esc(e.eps_from or '–')}</td>"
             f"<td class=\"k\">{esc(str(row['data_source'] or '–'))}</td><td>{_fmt(row['data_n'])}</td>"
             f"<td>{_fmt(row['data_seed'])}</td><td class=\"k\">{esc(e.data_note)}</td></tr>")
     parts.append("</table></div>")

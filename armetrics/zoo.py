@@ -23,6 +23,7 @@ from __future__ import annotations
 import functools
 import html
 import json
+import math
 import re
 import warnings
 from fractions import Fraction
@@ -57,6 +58,17 @@ def parse_eps(value: Any) -> float | None:
         return float(Fraction(str(value).strip()))
     except (ValueError, ZeroDivisionError):
         return None
+
+
+def format_eps(eps: float | None) -> str:
+    """A radius in [0, 1] pixel units as text: ``"8/255"`` for a multiple of 1/255 (to
+    1e-6 of a 255th), else ``f"{eps:g}"``; ``"–"`` for None or a non-finite value."""
+    if eps is None or not math.isfinite(eps):
+        return "–"
+    k = eps * 255
+    if math.isfinite(k) and abs(k - round(k)) < 1e-6:
+        return f"{round(k)}/255"
+    return f"{eps:g}"
 
 
 def _snap_255(eps: float | None) -> float | None:
