@@ -91,6 +91,10 @@ def _deviation_loss(target: torch.Tensor):
     return loss
 
 
+#: keys whose row means get bootstrap 95% intervals
+WITH_CI = ("ratio_random", "ratio_worst", "ratio_pgd", "anisotropy")
+
+
 @register_probe("smoothness")
 class Smoothness(Probe):
     """Feature change per unit input change, per layer: random, worst-case (Jacobian) and PGD directions.
@@ -303,13 +307,28 @@ class Smoothness(Probe):
             summary = {"n": 0, "radius": self.radius if self.radius is not None else math.nan}
             return ProbeResult(summary=summary, layers=[{"name": r} for r in rows])
         meta = self.chunks[0]["meta"]
+        per_sample, n = self._per_sample()
+        means = {k: v.mean(0) for k, v in per_sample.items()}  # (L,)
+        means["anisotropy"] = means["ratio_worst"] / means["ratio_random"]  # ratio of the row's means
+        boot = self._bootstrap(per_sample, n)
+        layers = self._layer_rows(meta, means, boot)
+        summary = self._summary(meta, n, means, boot)
+        lc = len(rows) - 1
+        dists = {}
+        for k in ("ratio_random", "ratio_worst"):
+            hist = Histogram(np.geomspace(1e-4, 1e4, 81))
+            hist.update(per_sample[k][:, lc])
+            dists[f"logit_{k}"] = hist.to_dict()
+        return ProbeResult(summary=summary, layers=layers, distributions=dists)
+
+    def _per_sample(self) -> tuple[dict[str, torch.Tensor], int]:
+        """Every sample's ratios (N, L), in sample order, and N."""
         data = {k: torch.cat([c[k] for c in self.chunks]) for k in self.chunks[0] if k != "meta"}
         order = torch.argsort(data["index"])
         data = {k: v[order] for k, v in data.items()}
-        n = int(order.numel())
         xn = data["x_norm"][:, None]
         scale = data["h_norm"] / xn  # ||h(x)|| / ||x||
-        per_sample = {
+        return {
             "ratio_random": data["ratio_random"],
             "ratio_worst": data["ratio_worst"],
             "ratio_pgd": data["ratio_pgd"],
@@ -317,48 +336,47 @@ class Smoothness(Probe):
             "rel_ratio_worst": data["ratio_worst"] / scale,
             "rel_ratio_pgd": data["ratio_pgd"] / scale,
             "power_rel_change": (data["ratio_worst"] - data["ratio_worst_prev"]).abs() / data["ratio_worst"],
-        }
-        means = {k: v.mean(0) for k, v in per_sample.items()}  # (L,)
-        means["anisotropy"] = means["ratio_worst"] / means["ratio_random"]  # ratio of the row's means
-        module_cols = list(range(len(rows) - 1)) or [len(rows) - 1]
-        lc = len(rows) - 1
+        }, int(order.numel())
 
-        with_ci = ("ratio_random", "ratio_worst", "ratio_pgd", "anisotropy")
-        boot: dict[str, torch.Tensor] = {}
-        if self.bootstrap > 0:
-            gen = seeded_generator(self.ctx.seed if self.ctx is not None else 0, "smoothness/bootstrap")
-            w = bootstrap_counts(n, self.bootstrap, gen) / n  # (R, n): resampled means = w @ values
-            boot = {k: w @ per_sample[k] for k in with_ci if k in per_sample}  # (R, L)
-            boot["anisotropy"] = boot["ratio_worst"] / boot["ratio_random"]
+    def _bootstrap(self, per_sample: dict[str, torch.Tensor], n: int) -> dict[str, torch.Tensor]:
+        """Bootstrap resamples (R, L) of the row means of the keys with intervals."""
+        if self.bootstrap <= 0:
+            return {}
+        gen = seeded_generator(self.ctx.seed if self.ctx is not None else 0, "smoothness/bootstrap")
+        w = bootstrap_counts(n, self.bootstrap, gen) / n  # (R, n): resampled means = w @ values
+        boot = {k: w @ per_sample[k] for k in WITH_CI if k in per_sample}  # (R, L)
+        boot["anisotropy"] = boot["ratio_worst"] / boot["ratio_random"]
+        return boot
 
+    def _layer_rows(self, meta: dict, means: dict[str, torch.Tensor], boot: dict[str, torch.Tensor]) -> list[dict]:
         layers = []
-        for j, r in enumerate(rows):
+        for j, r in enumerate(self.rows):
             row = {"name": r, "type": "logits" if r == self._logits_row else self._types.get(r, ""),
                    "dim": meta["dims"][j]}
             for k, v in means.items():
                 row[k] = float(v[j])
-            for k in with_ci:
+            for k in WITH_CI:
                 if k in boot:
                     lo, hi = _ci(boot[k][:, j])
                     row[f"{k}_ci_low"], row[f"{k}_ci_high"] = float(lo), float(hi)
             layers.append(row)
+        return layers
 
+    def _summary(self, meta: dict, n: int, means: dict[str, torch.Tensor], boot: dict[str, torch.Tensor]) -> dict[str, float]:
+        """Medians over the module rows and the logits row's values, with bootstrap intervals."""
+        rows = self.rows
+        module_cols = list(range(len(rows) - 1)) or [len(rows) - 1]
+        lc = len(rows) - 1
         summary: dict[str, float] = {"n": n, "radius": self.radius_for(meta["d"])}
         for k in ("ratio_random", "ratio_worst", "ratio_pgd", "anisotropy", "rel_ratio_random", "rel_ratio_worst", "rel_ratio_pgd"):
             summary[f"{k}_median"] = float(_median(means[k][module_cols]))
         for k in ("ratio_random", "ratio_worst", "ratio_pgd", "anisotropy", "rel_ratio_random", "rel_ratio_worst"):
             summary[f"logit_{k}"] = float(means[k][lc])
         summary["power_rel_change_max"] = float(means["power_rel_change"].max())
-        for k in with_ci:
+        for k in WITH_CI:
             if k in boot:
                 lo, hi = _ci(_median(boot[k][:, module_cols], dim=1))
                 summary[f"{k}_median_ci_low"], summary[f"{k}_median_ci_high"] = float(lo), float(hi)
                 lo, hi = _ci(boot[k][:, lc])
                 summary[f"logit_{k}_ci_low"], summary[f"logit_{k}_ci_high"] = float(lo), float(hi)
-
-        dists = {}
-        for k in ("ratio_random", "ratio_worst"):
-            hist = Histogram(np.geomspace(1e-4, 1e4, 81))
-            hist.update(per_sample[k][:, lc])
-            dists[f"logit_{k}"] = hist.to_dict()
-        return ProbeResult(summary=summary, layers=layers, distributions=dists)
+        return summary
