@@ -163,10 +163,7 @@ def load(name: str, model_dir: str | Path, dataset: str, threat_model: str):
     missing = [p for p in paths if not p.exists() and not p.is_symlink()]
     for p in paths:  # a FIFO or a device would block or stream forever: refuse it unopened
         if p not in missing:
-            try:
-                regular_file(p, "RobustBench weight file", LoadError)
-            except LoadError as exc:
-                raise LoadError(one_line(str(exc))) from None
+            regular_file(p, "RobustBench weight file", LoadError)
     if missing:
         raise LoadError(
             f"weights of RobustBench model {name!r} are not in --model-dir and this machine "

@@ -41,7 +41,7 @@ from . import checks
 from .errors import ConfigError, DataError, first_line, one_line
 from .npz import CHUNK_BYTES, MAX_DEFLATE_RATIO  # noqa: F401  (re-exported: docs/data.md's limits)
 from .npz import _Member, _nbytes, _Npz
-from .safeio import kind_of, read_bytes, read_error, regular_file
+from .safeio import kind_of, read_bytes, read_error, regular_file, sha256_file
 
 DEFAULT_SOURCE = "cifar10-sample"
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".ppm", ".tif", ".tiff")
@@ -166,14 +166,7 @@ def _file_digest(path: Path, st: os.stat_result | None = None, what: str = "data
     if st is not None and (now.st_dev, now.st_ino, now.st_size, now.st_mtime_ns) != \
             (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns):
         raise _error(f"{what} {path} changed since it was loaded: load the data again")
-    h = hashlib.sha256()
-    try:
-        with open(path, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                h.update(block)
-    except OSError as exc:
-        raise read_error(path, exc, what, DataError) from None
-    return h.hexdigest()
+    return sha256_file(path, what, DataError)
 
 
 # ------------------------------------------------------------------------- array sources

@@ -51,7 +51,7 @@ from torch import nn
 from . import _robustbench, checks
 from .errors import ArmetricsError, LoadError, UnsafeCodeError, UnsafePickleError, first_line, one_line
 from .export_check import TRUST_FIX, check_export_archive, check_exported_program
-from .safeio import read_error, regular_file
+from .safeio import read_error, regular_file, sha256_file
 from .zipcheck import _mib, check_zip_members
 
 CHECKPOINT_KEYS = ("state_dict", "model_state_dict", "model", "net")
@@ -76,15 +76,6 @@ class ModelInfo:
         return asdict(self)
 
 
-def sha256_file(path: str | Path) -> str:
-    """SHA-256 of a file's bytes (raises ``OSError`` when it cannot be read)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _show(path: Any) -> str:
     """A path as it may appear in a one-line message."""
     return one_line(str(path))
@@ -92,17 +83,17 @@ def _show(path: Any) -> str:
 
 def _regular(path: str | Path, what: str = "checkpoint") -> os.stat_result:
     """``os.stat`` of a regular file, else a one-line LoadError; never opens the path."""
-    try:
-        return regular_file(path, what, LoadError)
-    except LoadError as exc:
-        raise LoadError(one_line(str(exc))) from None
+    return regular_file(path, what, LoadError)
 
 
-def _sha256(path: Path, what: str = "checkpoint") -> str:
-    try:
-        return sha256_file(path)
-    except OSError as exc:
-        raise read_error(_show(path), exc, what, LoadError) from None
+def model_files(source: str, model_dir: str | Path = "models", dataset: str = "cifar10",
+                threat_model: str = "Linf") -> list[Path]:
+    """The files loading ``source`` reads: the checkpoint itself, or a zoo entry's weight
+    files in ``model_dir`` (``robustbench:NAME``; LoadError for a malformed name)."""
+    if source.startswith("robustbench:"):
+        ds, tm, name = _robustbench.parse_name(source, dataset, threat_model)
+        return _robustbench.weight_paths(name, model_dir, ds, tm)
+    return [Path(source)]
 
 
 @contextlib.contextmanager
@@ -647,7 +638,7 @@ def _load_file(path, arch, arch_kwargs, trusted, device, dataset, threat_model):
             f"{shown} is a TorchScript archive: it is code (its forward and __setstate__ are programs that can "
             f"read and write files) and armetrics does not run code from a checkpoint unless told to: {TRUST_FIX}"
         )
-    info = ModelInfo(source=str(path), name=path.stem, format=kind, sha256=_sha256(path), arch=arch)
+    info = ModelInfo(source=str(path), name=path.stem, format=kind, sha256=sha256_file(path, "checkpoint", LoadError), arch=arch)
     if kind == "torchscript":
         try:
             with _quiet():
@@ -699,7 +690,7 @@ def _load_robustbench(source, model_dir, dataset, threat_model, trusted):
     for p in paths:
         if p.exists() or p.is_symlink():
             _check_file(p)
-    sha = _sha256(paths[0]) if paths[0].is_file() else None
+    sha = sha256_file(paths[0], "checkpoint", LoadError) if paths[0].is_file() else None
     info = ModelInfo(source=f"robustbench:{ds}/{tm}/{name}", name=name, format="robustbench",
                      sha256=sha, arch=f"robustbench:{ds}/{tm}/{name}")
     try:

@@ -356,8 +356,6 @@ class Report:
         path = Path(path)
         try:
             raw = read_bytes(path, "report", ReportError, limit=MAX_REPORT_BYTES)
-        except ReportError as exc:
-            raise ReportError(one_line(str(exc))) from None
         except ValueError as exc:  # a NUL byte in the name
             raise ReportError(f"cannot read report {_shown(path)} ({exc}): check the path") from None
         try:

@@ -12,6 +12,7 @@ between the two calls is outside armetrics' threat model, see docs/security.md.)
 
 from __future__ import annotations
 
+import hashlib
 import os
 import stat
 from pathlib import Path
@@ -67,3 +68,17 @@ def read_bytes(path: str | Path, what: str = "file", error: Type[ArmetricsError]
             return f.read() if limit is None else f.read(limit + 1)
     except OSError as exc:
         raise read_error(path, exc, what, error) from None
+
+
+def sha256_file(path: str | Path, what: str = "file", error: Type[ArmetricsError] = InputError) -> str:
+    """SHA-256 hex of a regular file's bytes, streamed in 1 MiB blocks; special files are
+    refused unopened and reading errors are one line (:func:`read_error`)."""
+    regular_file(path, what, error)
+    h = hashlib.sha256()
+    try:
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+    except OSError as exc:
+        raise read_error(path, exc, what, error) from None
+    return h.hexdigest()

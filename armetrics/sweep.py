@@ -25,6 +25,7 @@ from typing import Any, Callable, Sequence
 
 from . import interrupt
 from .errors import ArmetricsError, ConfigError, ReportError, first_line
+from .safeio import sha256_file
 
 FAILURES = (ArmetricsError, RuntimeError, ValueError, TypeError, OSError)
 
@@ -75,8 +76,6 @@ def code_sha256(spec: str | None) -> str | None:
     ``package.module``; for ``robustbench:NAME`` the robustbench version."""
     if not spec:
         return None
-    from .loading import sha256_file
-
     if spec.startswith("robustbench:"):
         from importlib.metadata import PackageNotFoundError, version
 
@@ -98,31 +97,17 @@ def code_sha256(spec: str | None) -> str | None:
             return None
         path = Path(found.origin)
     try:
-        return sha256_file(path) if path.is_file() else None
-    except OSError:
+        return sha256_file(path, "--arch file") if path.is_file() else None
+    except ArmetricsError:  # unreadable: the load that follows names the problem
         return None
 
 
 def _weights_sha256(model: str, load_kwargs: dict) -> list[str | None]:
-    from .loading import sha256_file
+    from .loading import model_files
 
-    if model.startswith("robustbench:"):
-        from ._robustbench import parse_name, weight_paths
-
-        ds, tm, name = parse_name(model, load_kwargs.get("dataset", "cifar10"), load_kwargs.get("threat_model", "Linf"))
-        paths = weight_paths(name, load_kwargs.get("model_dir", "models"), ds, tm)
-    else:
-        paths = [Path(model)]
-    out = []
-    for p in paths:
-        if p.is_file():
-            from .safeio import regular_file
-
-            regular_file(p, "model file")
-            out.append(sha256_file(p))
-        else:
-            out.append(None)
-    return out
+    paths = model_files(model, load_kwargs.get("model_dir", "models"), load_kwargs.get("dataset", "cifar10"),
+                        load_kwargs.get("threat_model", "Linf"))
+    return [sha256_file(p, "model file") if p.is_file() else None for p in paths]
 
 
 def fingerprint(model: str, load_kwargs: dict, data_spec: dict | None, probes, options, seed: int,

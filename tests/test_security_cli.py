@@ -5,7 +5,6 @@ Python API raises armetrics' typed errors."""
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import socket

@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 import armetrics as am
-from armetrics import export_check, loading
+from armetrics import export_check, safeio
 from armetrics.errors import ArmetricsError, LoadError, UnsafeCodeError
 from conftest import CONFTEST_PATH
 
@@ -616,10 +616,14 @@ def test_io_error_while_hashing_gives_one_line(tmp_path, tiny_net, monkeypatch):
     p = tmp_path / "sd.pt"
     torch.save(tiny_net.state_dict(), p)
 
-    def broken(_path):
-        raise OSError(errno.EIO, "Input/output error")
+    real_open = open
 
-    monkeypatch.setattr(loading, "sha256_file", broken)
+    def broken(path, *args, **kwargs):  # the hash's read of the checkpoint fails
+        if Path(path) == p:
+            raise OSError(errno.EIO, "Input/output error")
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(safeio, "open", broken, raising=False)
     with pytest.raises(LoadError) as err:
         am.load_model(p, arch=ARCH)
     assert "cannot read checkpoint" in one_line_error(err) and "Input/output error" in str(err.value)

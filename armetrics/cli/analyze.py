@@ -222,18 +222,14 @@ def _print_report(report, out: str | None, quiet: bool, inputs: list[Path]) -> N
 def _input_files(models, arch: str | None, data_src: str | None, load_kwargs: dict) -> list[Path]:
     """The files a run reads — model files (also a zoo entry's weights in --model-dir),
     the --arch .py file, the data file or directory: no output may replace one of them."""
+    from ..loading import model_files
+
     files: list[Path] = []
     for m in models:
-        if m.startswith("robustbench:"):
-            from .._robustbench import parse_name, weight_paths
-
-            try:
-                ds, tm, name = parse_name(m, load_kwargs["dataset"], load_kwargs["threat_model"])
-                files += weight_paths(name, load_kwargs["model_dir"], ds, tm)
-            except ArmetricsError:
-                pass  # the load reports a bad name
-        else:
-            files.append(Path(m))
+        try:
+            files += model_files(m, load_kwargs["model_dir"], load_kwargs["dataset"], load_kwargs["threat_model"])
+        except ArmetricsError:
+            pass  # the load reports a bad zoo name
     if arch and ":" in arch and arch.rsplit(":", 1)[0].endswith(".py"):
         files.append(Path(arch.rsplit(":", 1)[0]))
     if data_src and data_src != "cifar10-sample":
