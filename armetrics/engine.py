@@ -1,10 +1,12 @@
 """``analyze()``: run the selected probes on a model — weight-only probes first, then
 ONE streamed pass over the data shared by every data probe.
 
-Per batch the model runs forward exactly once (under ``torch.no_grad``); forward
-hooks capture only the layers some probe asked for, and the captured features are
-dropped after the batch. Probes that need gradients or extra passes (e.g.
-``smoothness``) make them inside their own ``update`` under ``torch.enable_grad()``.
+Per batch the model runs forward exactly once: under ``torch.no_grad`` unless a probe
+updating the batch sets ``needs_input_grad``, then with the input requiring grad and
+the graph handed to the probes as ``batch.graph`` (dropped once they are done with it).
+Forward hooks capture (clone) only the layers the probes of the batch asked for, and
+the captured features are dropped after the batch. Extra passes (``smoothness``'s
+perturbed inputs, attacks) are the probes' own, made inside their ``update``.
 """
 
 from __future__ import annotations
@@ -25,11 +27,11 @@ from . import __version__, checks, distributed, interrupt
 from .data import Data, load_data
 from .errors import ConfigError, DataError, ProbeError, first_line
 from .functional import first_output
-from .hooks import capture_outputs, check_captured
+from .hooks import Taps, check_captured, tap_outputs
 from .linalg import all_finite
 from .loading import eval_mode
 from .options import resolve_options
-from .probe import Batch, Context, Probe, ProbeResult
+from .probe import Batch, Context, Graph, Probe, ProbeResult
 from .registry import get_probe
 from .report import SCHEMA, Report, to_jsonable
 
@@ -280,7 +282,7 @@ def _run_data_probes(model: nn.Module, data: Data, probes: list[Probe], ctx: Con
     """The shared data pass, the merge of other ranks' states and each probe's compute
     (entries and side files added in place). Returns the run statistics, or None on a
     rank other than the main one (which writes no report)."""
-    stats = _data_pass(model, data, probes, ctx, progress if d is None or d.is_main else False, d)
+    stats, seconds = _data_pass(model, data, probes, ctx, progress if d is None or d.is_main else False, d)
     if d is not None:
         shards = distributed.gather(([p.state_dict() for p in probes], stats), d)
         if not d.is_main:
@@ -288,10 +290,10 @@ def _run_data_probes(model: nn.Module, data: Data, probes: list[Probe], ctx: Con
         _merge_shards(probes, [states for states, _ in shards[1:]])
         stats = {k: sum(s[k] for _, s in shards) for k in stats}  # totals over ranks
         stats["world_size"] = d.world
-    for p in probes:
+    for p, spent in zip(probes, seconds):
         t = time.perf_counter()
         result = p.compute()
-        entries[p.name] = _result_entry(p, result, p._seconds + time.perf_counter() - t)
+        entries[p.name] = _result_entry(p, result, spent + time.perf_counter() - t)
         files.update(result.files)
     return stats
 
@@ -316,57 +318,78 @@ def _merge_shards(probes: list[Probe], shards: list[list[dict]]) -> None:
     """Fold other ranks' states (in rank order) into this rank's probes."""
     for states in shards:
         for p, state in zip(probes, states):
-            other = type(p)(**p.config)
-            for name, value in state.items():
-                setattr(other, name, value)
-            p.merge(other)
+            p.merge(state)
 
 
 def _data_pass(model, data: Data, probes: list[Probe], ctx: Context, progress: bool | None,
-               d: "distributed.Dist | None" = None) -> dict:
-    """Stream this process's batches through the model once, feeding every data probe.
-    Each probe's own time accumulates in ``probe._seconds``."""
-    for p in probes:
+               d: "distributed.Dist | None" = None) -> tuple[dict, list[float]]:
+    """Stream this process's batches through the model once, feeding every data probe
+    that wants the batch (a batch no probe wants is not run). Returns the run
+    statistics and each probe's own seconds (setup and updates)."""
+    seconds = [0.0] * len(probes)
+    for i, p in enumerate(probes):
         t = time.perf_counter()
         p.setup(ctx)
-        p._seconds = time.perf_counter() - t
-    layer_names = sorted({name for p in probes for name in p.feature_layers()})
+        seconds[i] += time.perf_counter() - t
+    layers = [list(p.feature_layers()) for p in probes]
     if progress is None:
         progress = sys.stderr.isatty()
     from tqdm.auto import tqdm
 
     lo, hi = distributed.shard(len(data), d)
     start, stop = lo * data.batch_size, min(hi * data.batch_size, data.n)
-    forward_seconds = 0.0
-    offset = start
-    batches = 0
-    with capture_outputs(model, layer_names) as captured, torch.no_grad():
+    forward_seconds, offset, batches, checked = 0.0, start, 0, False
+    with tap_outputs(model, sorted({n for names in layers for n in names})) as taps, torch.no_grad():
         bar = tqdm(total=max(stop - start, 0), disable=not progress, unit="img", desc="analyze", leave=False, file=sys.stderr)
         try:
             for x, y in data.batches(start, stop):
                 interrupt.check()
-                x, y = x.to(ctx.device, non_blocking=True), y.to(ctx.device, non_blocking=True)
-                captured.clear()
-                captured.enabled = True
-                t = time.perf_counter()
-                logits = _forward(model, x)
-                forward_seconds += time.perf_counter() - t
-                captured.enabled = False  # probes' own passes do not touch the shared features
-                if batches == 0:
-                    _check_classes(logits, y, data)
-                    check_captured(captured, layer_names)
-                elif y.numel() and int(y.max()) >= logits.shape[1]:
-                    _check_classes(logits, y, data)
-                batch = Batch(x=x, y=y, logits=logits, features=dict(captured), model=model, offset=offset, seed=ctx.seed)
-                for p in probes:
+                active = [i for i, p in enumerate(probes) if p.wants_batch(offset, len(y))]
+                if active:
+                    x, y = x.to(ctx.device, non_blocking=True), y.to(ctx.device, non_blocking=True)
                     t = time.perf_counter()
-                    p.update(batch)
-                    p._seconds += time.perf_counter() - t
-                del batch
-                captured.clear()
+                    batch = _shared_forward(model, x, y, taps, [probes[i] for i in active],
+                                            sorted({n for i in active for n in layers[i]}), offset, ctx.seed)
+                    forward_seconds += time.perf_counter() - t
+                    if not checked or (y.numel() and int(y.max()) >= batch.logits.shape[1]):
+                        _check_classes(batch.logits, y, data)
+                        checked = True
+                    for i in active:
+                        t = time.perf_counter()
+                        probes[i].update(batch)
+                        batch.release_graph(probes[i])
+                        seconds[i] += time.perf_counter() - t
+                    del batch
                 offset += len(y)
                 batches += 1
                 bar.update(len(y))
         finally:
             bar.close()
-    return {"batches": batches, "samples": offset - start, "forward_seconds": forward_seconds}
+    return {"batches": batches, "samples": offset - start, "forward_seconds": forward_seconds}, seconds
+
+
+def _shared_forward(model: nn.Module, x: torch.Tensor, y: torch.Tensor, taps: Taps, probes: list[Probe],
+                    names: list[str], offset: int, seed: int) -> Batch:
+    """The batch's one forward pass: its logits, the outputs of the layers ``names``
+    and, when one of ``probes`` sets ``needs_input_grad``, the pass's graph
+    (:class:`~armetrics.probe.Graph`; the input then requires grad)."""
+    users = {p.name for p in probes if p.needs_input_grad}
+    taps.clear()
+    taps.active = set(names)
+    try:
+        with torch.enable_grad() if users else contextlib.nullcontext():
+            x_in = x.detach().requires_grad_() if users else x
+            logits = _forward(model, x_in)
+    finally:
+        taps.active = frozenset()  # probes' own passes do not touch the shared features
+    check_captured(taps.outputs, names)
+    features = {n: taps.outputs[n] for n in names}
+    graph = None
+    if users:
+        graph = Graph(x=x_in, logits=logits, features=features, calls={n: taps.calls[n] for n in names},
+                      aliases=frozenset(n for n in names if taps.is_same(n, logits)))
+        features = {n: v.detach() for n, v in features.items()}
+        logits = logits.detach()
+    taps.clear()
+    return Batch(x=x, y=y, logits=logits, features=features, model=model, offset=offset, seed=seed,
+                 graph=graph, graph_users=users)

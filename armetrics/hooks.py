@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import fnmatch
+import weakref
 from contextlib import contextmanager
-from typing import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Callable, Iterator, Sequence
 
+import torch
 from torch import nn
 
 from .errors import ConfigError, ProbeError
@@ -41,29 +44,56 @@ def forward_hooks(model: nn.Module, names: Sequence[str], make_hook) -> Iterator
             h.remove()
 
 
-class Capture(dict):
-    """Layer outputs by name, filled by forward hooks while ``enabled``."""
+@dataclass
+class Taps:
+    """Outputs of tapped modules from the last forward pass, and how often each ran.
 
-    enabled: bool = True
+    ``active``: the names recorded now (None: every tapped name; an empty set: none,
+    e.g. while probes make passes of their own during the engine's shared pass).
+    """
+
+    outputs: dict[str, torch.Tensor] = field(default_factory=dict)
+    calls: dict[str, int] = field(default_factory=dict)
+    refs: dict[str, "weakref.ref[torch.Tensor]"] = field(default_factory=dict)
+    reduce: Callable[[str, torch.Tensor], torch.Tensor] | None = None
+    active: "set[str] | frozenset[str] | None" = None
+
+    def is_same(self, name: str, tensor: torch.Tensor) -> bool:
+        """Whether module ``name``'s (last) output tensor *is* ``tensor`` (e.g. a last
+        Linear layer whose output the model returns as its logits)."""
+        ref = self.refs.get(name)
+        return ref is not None and ref() is tensor
+
+    def clear(self) -> None:
+        self.outputs.clear()
+        self.calls.clear()
+        self.refs.clear()
 
 
 @contextmanager
-def capture_outputs(model: nn.Module, names: Sequence[str]) -> Iterator[Capture]:
-    """Within the block, every forward pass of ``model`` stores the output of each named
-    layer in the yielded dict (overwriting the previous pass) while ``.enabled`` is
-    true. The empty name ``""`` means the model itself. Hooks are removed on exit,
-    whatever happens."""
-    captured = Capture()
+def tap_outputs(model: nn.Module, names: Sequence[str],
+                reduce: Callable[[str, torch.Tensor], torch.Tensor] | None = None) -> Iterator[Taps]:
+    """Within the block each forward pass stores, per module name, ``out.clone()`` (or
+    ``reduce(name, out)`` when given, e.g. a per-sample norm, so no feature map is
+    kept) in ``taps.outputs`` — the module's own output, taken before any in-place op
+    downstream (``ReLU(inplace=True)``) modifies it, and differentiable when the pass
+    builds a graph; a module called several times keeps its last call. The empty name
+    ``""`` means the model itself. Hooks are removed on exit, whatever happens."""
+    taps = Taps(reduce=reduce)
 
-    def make_hook(key: str):
+    def make_hook(name: str):
         def hook(_module, _inputs, output):
-            if captured.enabled:
-                captured[key] = first_output(output)
+            if taps.active is not None and name not in taps.active:
+                return
+            out = first_output(output)
+            taps.calls[name] = taps.calls.get(name, 0) + 1
+            taps.refs[name] = weakref.ref(out)
+            taps.outputs[name] = reduce(name, out) if reduce is not None else out.clone()
 
         return hook
 
     with forward_hooks(model, names, make_hook):
-        yield captured
+        yield taps
 
 
 def select_layers(model: nn.Module, patterns: Sequence[str] | None, *, option: str,

@@ -14,17 +14,14 @@ Samples are independent (a model in eval mode), so with a batch ``x`` of shape
 
 :func:`top_singular_value` runs (Krylov-accelerated) power iteration on ``J^T J``
 per sample.
-:func:`tap_outputs` captures module outputs (as clones, so in-place ops that follow a
-module cannot change them) and counts calls; :func:`truncated` turns "the network up
+:func:`truncated` turns "the network up
 to module m" into a function that stops the forward pass right after ``m``.
 """
 
 from __future__ import annotations
 
-import weakref
-from contextlib import contextmanager
-from dataclasses import dataclass, field
-from typing import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Callable, Sequence
 
 import math
 
@@ -34,50 +31,11 @@ from torch import nn
 
 from .errors import ProbeError
 from .functional import first_output, flat_norm
-from .hooks import forward_hooks, resolve_layers
+from .hooks import resolve_layers, tap_outputs
 
 
 def _unit(t: torch.Tensor) -> torch.Tensor:
     return t / flat_norm(t).clamp_min(1e-30).view(-1, *([1] * (t.ndim - 1)))
-
-
-@dataclass
-class Taps:
-    """Outputs of tapped modules from the last forward pass, and how often each ran."""
-
-    outputs: dict[str, torch.Tensor] = field(default_factory=dict)
-    calls: dict[str, int] = field(default_factory=dict)
-    refs: dict[str, "weakref.ref[torch.Tensor]"] = field(default_factory=dict)
-    reduce: Callable[[str, torch.Tensor], torch.Tensor] | None = None
-
-    def is_same(self, name: str, tensor: torch.Tensor) -> bool:
-        """Whether module ``name``'s (last) output tensor *is* ``tensor`` (e.g. a last
-        Linear layer whose output the model returns as its logits)."""
-        ref = self.refs.get(name)
-        return ref is not None and ref() is tensor
-
-
-@contextmanager
-def tap_outputs(model: nn.Module, names: Sequence[str],
-                reduce: Callable[[str, torch.Tensor], torch.Tensor] | None = None) -> Iterator[Taps]:
-    """Within the block each forward pass stores, per module name, ``out.clone()`` (or
-    ``reduce(name, out)`` when given, e.g. a per-sample norm, so no feature map is
-    kept) in ``taps.outputs`` — the module's own output, taken before any in-place op
-    downstream modifies it; a module called several times keeps its last call.
-    Hooks are removed on exit, whatever happens."""
-    taps = Taps(reduce=reduce)
-
-    def make_hook(name: str):
-        def hook(_module, _inputs, output):
-            out = first_output(output)
-            taps.calls[name] = taps.calls.get(name, 0) + 1
-            taps.refs[name] = weakref.ref(out)
-            taps.outputs[name] = reduce(name, out) if reduce is not None else out.clone()
-
-        return hook
-
-    with forward_hooks(model, names, make_hook):
-        yield taps
 
 
 class _StopForward(Exception):

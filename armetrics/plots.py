@@ -31,6 +31,7 @@ import numpy as np
 
 from .errors import one_line
 from .report import Report
+from .zoo import format_eps
 
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "<", ">")
 DPI = 110
@@ -496,11 +497,7 @@ def _attack_text(series: Sequence[Series]) -> str:
             eps = _num(cfg.get("eps"))
             if not math.isfinite(eps):  # default radius: the probe reports the one it used
                 eps = _num((entry.get("summary") or {}).get("eps"))
-            eps_txt = ""
-            if math.isfinite(eps):
-                k = eps * 255
-                eps_txt = (f" ε={round(k):d}/255" if math.isfinite(k) and abs(k - round(k)) < 1e-6 and k >= 1
-                           else f" ε={eps:g}")
+            eps_txt = f" ε={format_eps(eps)}" if math.isfinite(eps) else ""
             parts = [{"pgd": "PGD", "autoattack": "AutoAttack"}.get(str(cfg["attack"]), shown(cfg["attack"], 20))
                      if k == "attack" else shown(cfg[k], 20) for k in ("attack", "norm") if cfg.get(k) is not None]
             return (" (" + " ".join(parts) + eps_txt + ")") if parts or eps_txt else ""

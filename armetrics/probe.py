@@ -2,7 +2,9 @@
 
 A probe is a class registered by name (see :mod:`armetrics.registry`). Its options
 are the keyword-only arguments of ``__init__``, annotated with their type (and
-optionally ``Annotated[type, "help"]``) and stored on ``self`` under the same name.
+optionally ``Annotated[type, "help", Range(low, high)]``); the base class checks each
+against its :class:`Range` and stores it on ``self`` under the same name before the
+body of ``__init__`` runs.
 State that is accumulated over the data is declared once with :meth:`Probe.add_state`
 together with how two shards of it merge, so that ``a.merge(b)`` on two halves of
 the data equals one run over all of it (data-parallel runs rely on this).
@@ -11,8 +13,8 @@ Life cycle, driven by :func:`armetrics.engine.analyze`::
 
     probe = ProbeClass(**options)
     probe.setup(ctx)                 # model known; declare hooks via feature_layers()
-    for batch in data:               # only when probe.needs_data
-        probe.update(batch)          # batch.logits + batch.features[name]
+    for batch in data:               # only when probe.needs_data and wants_batch(...)
+        probe.update(batch)          # batch.logits, batch.features[name], batch.graph
     result = probe.compute()         # -> ProbeResult
 """
 
@@ -20,16 +22,18 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import inspect
+import math
 import types
 import typing
 from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar
+from typing import Any, Callable, ClassVar, Mapping
 
 import torch
 from torch import nn
 
-from .errors import ProbeError
+from .errors import ConfigError, ProbeError, shorten
 from .functional import seeded_generator
 
 Reduce = typing.Union[str, Callable[[Any, Any], Any]]
@@ -54,16 +58,45 @@ class Context:
 
 
 @dataclass
+class Graph:
+    """The batch's shared forward pass with its autograd graph: ``batch.graph``, given
+    when a probe updating the batch sets ``needs_input_grad``.
+
+    x: the input as a leaf that requires grad (the values of ``batch.x``), (B, C, H, W).
+    logits: the model output computed from ``x``, with its graph, (B, K).
+    features: the captured layer outputs of that pass (the ``feature_layers()`` of the
+        probes updating this batch) with their graph; each a clone taken when its module
+        ran, so in-place ops further on (``ReLU(inplace=True)``) changed neither its
+        value nor its gradient.
+    calls: how often each captured module ran in the pass (features hold its last call).
+    aliases: captured modules whose output *is* the model output (e.g. the last Linear).
+
+    Differentiate under ``torch.enable_grad()`` with ``torch.autograd.grad(...,
+    retain_graph=True)``, with respect to ``x`` (no parameter gets a gradient): other
+    probes of the batch may use the same graph.
+    """
+
+    x: torch.Tensor
+    logits: torch.Tensor
+    features: dict[str, torch.Tensor]
+    calls: dict[str, int]
+    aliases: frozenset[str]
+
+
+@dataclass
 class Batch:
     """One batch of the shared data pass.
 
     x: inputs in [0, 1], shape (B, C, H, W), on the run's device.
     y: integer labels, shape (B,).
     logits: the model's output for ``x`` (computed once, shared by all probes), (B, K).
-    features: outputs of the layers some probe asked for, by module name; valid only
-        during this ``update`` call (the engine drops them after the batch).
+    features: outputs of the layers some probe asked for, by module name (clones taken
+        when the module ran, without graph); valid only during this ``update`` call
+        (the engine drops them after the batch).
     offset: index of the batch's first sample in the run's data order, so randomness
         derived from it (:meth:`rng`) is the same however the data is sharded.
+    graph: the same forward pass with its autograd graph (:class:`Graph`) when a probe
+        updating this batch sets ``needs_input_grad``, else None.
     """
 
     x: torch.Tensor
@@ -73,6 +106,17 @@ class Batch:
     model: nn.Module
     offset: int = 0
     seed: int = 0
+    graph: Graph | None = None
+    graph_users: set[str] = field(default_factory=set, repr=False)
+
+    def release_graph(self, probe: "Probe") -> None:
+        """Say that ``probe`` is done with :attr:`graph`. Once every probe that asked for
+        it is done the batch drops it, so the activations it holds can be freed while a
+        probe goes on with passes of its own; the engine also releases it for each
+        probe after its ``update``."""
+        self.graph_users.discard(probe.name)
+        if not self.graph_users:
+            self.graph = None
 
     def sample_rngs(self, stream: str, positions) -> list[torch.Generator]:
         """One generator per sample: sample ``i`` of the batch gets the generator
@@ -107,6 +151,46 @@ class ProbeResult:
 
 
 @dataclass(frozen=True)
+class Range:
+    """Inclusive bounds of a numeric option, declared in its annotation and checked when
+    the probe is built: ``bins: Annotated[int, "histogram bins", Range(1, MAX_BINS)]``.
+    ``positive=True`` excludes the lower bound (``Range(0, positive=True)``: > 0). The
+    value must also be a finite number (an integer for an ``int`` option); None passes
+    (an optional option left unset)."""
+
+    low: float | None = None
+    high: float | None = None
+    positive: bool = False
+
+    def __str__(self) -> str:
+        """``1..100000``, ``>=0``, ``>0``, ``>0,<=5``."""
+        if self.low is not None and self.high is not None and not self.positive:
+            return f"{self.low:g}..{self.high:g}"
+        low = "" if self.low is None else f"{'>' if self.positive else '>='}{self.low:g}"
+        high = "" if self.high is None else f"<={self.high:g}"
+        return ",".join(t for t in (low, high) if t)
+
+    def problem(self, value: Any, integer: bool) -> str | None:
+        """What is wrong with ``value`` (a phrase), or None."""
+        if value is None:
+            return None
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            return "must be a finite number"
+        if integer and not float(value).is_integer():
+            return "must be an integer"
+        too_low = self.low is not None and (value <= self.low if self.positive else value < self.low)
+        too_high = self.high is not None and value > self.high
+        if not (too_low or too_high):
+            return None
+        if self.low is not None and self.high is not None and not self.positive:
+            return f"must be between {self.low:g} and {self.high:g}"
+        low = f"> {self.low:g}" if self.positive else f">= {self.low:g}"
+        if self.low is not None and self.high is not None:
+            return f"must be {low} and at most {self.high:g}"
+        return f"must be {low}" if self.low is not None else f"must be at most {self.high:g}"
+
+
+@dataclass(frozen=True)
 class Option:
     """One typed option of a probe."""
 
@@ -114,6 +198,7 @@ class Option:
     type: Any
     default: Any
     help: str = ""
+    range: Range | None = None
 
     @property
     def choices(self) -> tuple | None:
@@ -132,21 +217,58 @@ class Option:
             return "|".join(getattr(a, "__name__", str(a)) for a in args) + "|none"
         return getattr(self.type, "__name__", str(self.type))
 
+    def check(self, probe: str, value: Any) -> None:
+        """ConfigError when ``value`` is outside the declared range."""
+        if self.range is None:
+            return
+        args = typing.get_args(self.type)
+        integer = self.type is int or (int in args and float not in args)
+        problem = self.range.problem(value, integer)
+        if problem:
+            example = f": e.g. --set {probe}.{self.name}={self.default}" if self.default is not None else ""
+            raise ConfigError(f"{probe}.{self.name} {problem}, got {shorten(repr(value))}{example}")
 
-def options_of(cls: type) -> dict[str, Option]:
-    """The options of a probe class: the keyword-only arguments of its ``__init__``."""
-    hints = typing.get_type_hints(cls.__init__, include_extras=True)
+
+def options_of(cls_or_init: Any) -> dict[str, Option]:
+    """The options of a probe class (or of one ``__init__``): its keyword-only arguments,
+    with the help text and :class:`Range` of their ``Annotated`` metadata."""
+    init = cls_or_init.__init__ if isinstance(cls_or_init, type) else cls_or_init
+    hints = typing.get_type_hints(init, include_extras=True)
     out: dict[str, Option] = {}
-    for p in inspect.signature(cls.__init__).parameters.values():
+    for p in inspect.signature(init).parameters.values():
         if p.kind is not inspect.Parameter.KEYWORD_ONLY:
             continue
         ann = hints.get(p.name, type(p.default))
-        help_text = ""
+        help_text, bounds = "", None
         if typing.get_origin(ann) is typing.Annotated:
             ann, *meta = typing.get_args(ann)
             help_text = next((m for m in meta if isinstance(m, str)), "")
-        out[p.name] = Option(p.name, ann, p.default, help_text)
+            bounds = next((m for m in meta if isinstance(m, Range)), None)
+        out[p.name] = Option(p.name, ann, p.default, help_text, bounds)
     return out
+
+
+def _binding(init: Callable) -> Callable:
+    """``init`` preceded by what every probe's ``__init__`` would repeat: each option
+    checked against its declared :class:`Range` and stored on ``self`` under its name
+    (the body may still replace a value by a normalised one)."""
+    signature = inspect.signature(init)
+    declared: dict[str, Option] = {}
+
+    @functools.wraps(init)
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        if not declared:
+            declared.update(options_of(init))
+        bound = signature.bind(self, *args, **kwargs)
+        bound.apply_defaults()
+        probe = type(self).name or type(self).__name__
+        for name, option in declared.items():
+            option.check(probe, bound.arguments[name])
+        for name in declared:
+            setattr(self, name, bound.arguments[name])
+        init(self, *args, **kwargs)
+
+    return __init__
 
 
 def _reduce(kind: Reduce, a: Any, b: Any) -> Any:
@@ -163,10 +285,23 @@ def _reduce(kind: Reduce, a: Any, b: Any) -> Any:
             return torch.cat([a, b])
         return list(a) + list(b)
     if kind == "merge":
-        merged = copy.deepcopy(a)
-        merged.merge(b)
-        return merged
+        return _merged(a, b)
     raise ValueError(f"unknown reduce {kind!r}")
+
+
+def _merged(a: Any, b: Any) -> Any:
+    """``"merge"``: a copy of ``a`` with ``b`` merged in by the value's own ``merge``;
+    lists/tuples of mergeables merge element by element, and None (not made yet, e.g.
+    a histogram whose range comes from the first batch) takes the other side."""
+    if a is None or b is None:
+        return copy.deepcopy(b if a is None else a)
+    if isinstance(a, (list, tuple)):
+        if len(a) != len(b):
+            raise ProbeError(f"cannot merge state lists of lengths {len(a)} and {len(b)}")
+        return type(a)(_merged(x, y) for x, y in zip(a, b))
+    merged = copy.deepcopy(a)
+    merged.merge(b)
+    return merged
 
 
 class Probe:
@@ -180,10 +315,19 @@ class Probe:
     needs_data: ClassVar[bool] = True
     #: summary keys the CLI's table shows (None: all of them; the report has everything)
     headline: ClassVar[tuple[str, ...] | None] = None
+    #: whether ``update`` differentiates through the shared forward pass: the engine then
+    #: runs it with the input requiring grad and hands the graph over as ``batch.graph``
+    #: (an instance may set it in ``__init__`` or ``setup`` from its options)
+    needs_input_grad: bool = False
 
     def __init__(self) -> None:
         self._states: dict[str, tuple[Reduce, Any]] = {}
         self.ctx: Context | None = None
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "__init__" in cls.__dict__:
+            cls.__init__ = _binding(cls.__dict__["__init__"])
 
     # ----- options -------------------------------------------------------------
     @classmethod
@@ -199,7 +343,9 @@ class Probe:
     def add_state(self, name: str, default: Any, reduce: Reduce) -> None:
         """Declare accumulated state ``name`` with its start value and how shards merge:
         ``"sum"``, ``"max"``, ``"min"``, ``"cat"``, ``"merge"`` (the value's own
-        ``merge`` method) or a callable ``(a, b) -> merged``."""
+        ``merge`` method; element by element for a list of such values; None merges as
+        "not made yet") or a callable ``(a, b) -> merged``. Call it in ``__init__`` or in
+        ``setup(ctx)`` (when the state's shape depends on the model or the data)."""
         if not hasattr(self, "_states"):
             raise ProbeError(f"{type(self).__name__}.__init__ must call super().__init__()")
         self._states[name] = (reduce, copy.deepcopy(default))
@@ -209,16 +355,34 @@ class Probe:
         for name, (_, default) in self._states.items():
             setattr(self, name, copy.deepcopy(default))
 
-    def merge(self, other: "Probe") -> "Probe":
-        """Fold the state of ``other`` (same probe, same config, another shard) into self."""
-        if type(other) is not type(self) or other.config != self.config:
-            raise ProbeError(f"cannot merge probe {self.name!r} with a probe of another config")
+    def merge(self, other: "Probe | Mapping[str, Any]") -> "Probe":
+        """Fold another shard into self: a probe of the same class and config, or the
+        :meth:`state_dict` of one (e.g. from another rank). Returns self."""
+        if isinstance(other, Probe):
+            if type(other) is not type(self) or other.config != self.config:
+                raise ProbeError(f"cannot merge probe {self.name!r} with a probe of another config")
+            other = other.state_dict()
+        self._check_names(other, "merge")
         for name, (reduce, _) in self._states.items():
-            setattr(self, name, _reduce(reduce, getattr(self, name), getattr(other, name)))
+            setattr(self, name, _reduce(reduce, getattr(self, name), other[name]))
         return self
 
     def state_dict(self) -> dict[str, Any]:
+        """The accumulated state by name (the values themselves, not copies)."""
         return {name: getattr(self, name) for name in self._states}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Replace the accumulated state by ``state`` (a :meth:`state_dict` of a probe of
+        the same class and config, set up the same way)."""
+        self._check_names(state, "load")
+        for name in self._states:
+            setattr(self, name, copy.deepcopy(state[name]))
+
+    def _check_names(self, state: Mapping[str, Any], what: str) -> None:
+        if not isinstance(state, Mapping) or set(state) != set(self._states):
+            got = sorted(state) if isinstance(state, Mapping) else type(state).__name__
+            raise ProbeError(f"cannot {what} state {got} into probe {self.name!r}, whose state is "
+                             f"{sorted(self._states)}: use the state_dict of the same probe, set up the same way")
 
     # ----- life cycle ----------------------------------------------------------
     def setup(self, ctx: Context) -> None:
@@ -228,6 +392,13 @@ class Probe:
     def feature_layers(self) -> list[str]:
         """Module names whose outputs this probe wants in ``batch.features``."""
         return []
+
+    def wants_batch(self, offset: int, size: int) -> bool:
+        """Whether ``update`` should see the batch of samples ``offset .. offset+size-1``
+        of the run (default: every batch). A probe that measures part of the data only
+        (``smoothness.max_samples``) says no to the rest: the engine then neither calls
+        its ``update`` nor captures its features or graph for that batch."""
+        return True
 
     def update(self, batch: Batch) -> None:  # pragma: no cover - interface
         raise NotImplementedError

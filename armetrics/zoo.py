@@ -61,12 +61,13 @@ def parse_eps(value: Any) -> float | None:
 
 
 def format_eps(eps: float | None) -> str:
-    """A radius in [0, 1] pixel units as text: ``"8/255"`` for a multiple of 1/255 (to
-    1e-6 of a 255th), else ``f"{eps:g}"``; ``"–"`` for None or a non-finite value."""
+    """A radius in [0, 1] pixel units as text: ``"8/255"`` for a positive multiple of
+    1/255 (to 1e-6 of a 255th), else ``f"{eps:g}"`` (``"0"``, ``"0.5"``); ``"–"`` for
+    None or a non-finite value."""
     if eps is None or not math.isfinite(eps):
         return "–"
     k = eps * 255
-    if math.isfinite(k) and abs(k - round(k)) < 1e-6:
+    if math.isfinite(k) and abs(k - round(k)) < 1e-6 and round(k) >= 1:
         return f"{round(k)}/255"
     return f"{eps:g}"
 

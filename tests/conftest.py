@@ -1,5 +1,7 @@
-"""Shared fixtures. Helpers live here (not in an importable ``tests`` package:
-robustbench installs a top-level ``tests`` package into site-packages)."""
+"""Shared fixtures. Import-time helpers live in ``armetrics_testkit.py`` (a plain module
+with a unique name); test modules never import this file (pytest imports it itself) and
+there is no importable ``tests`` package (robustbench installs a top-level ``tests``
+package into site-packages)."""
 
 from __future__ import annotations
 
@@ -13,34 +15,39 @@ import pytest
 import torch
 from torch import nn
 
-ROOT = Path(__file__).resolve().parents[1]
-EXAMPLES = ROOT / "examples"
-CHECKPOINTS = EXAMPLES / "checkpoints"
-CONFTEST_PATH = Path(__file__).resolve()
+from armetrics_testkit import CHECKPOINTS, EXAMPLES, ROOT, TINY_ARCH, TinyNet, make_tiny_net
 
 torch.set_num_threads(1)  # tests use tiny tensors: one thread is faster and avoids oversubscription
 
 
-class TinyNet(nn.Module):
-    """conv-bn-relu-pool-linear on 3x8x8 inputs, 10 classes."""
-
-    def __init__(self, num_classes: int = 10):
-        super().__init__()
-        self.conv = nn.Conv2d(3, 4, 3, padding=1)
-        self.bn = nn.BatchNorm2d(4)
-        self.relu = nn.ReLU()
-        self.pool = nn.AdaptiveAvgPool2d(2)
-        self.flat = nn.Flatten()
-        self.fc = nn.Linear(16, num_classes)
-
-    def forward(self, x):
-        return self.fc(self.flat(self.pool(self.relu(self.bn(self.conv(x))))))
+@pytest.fixture(scope="session")
+def repo_root() -> Path:
+    """The repository root."""
+    return ROOT
 
 
-def make_tiny_net(num_classes: int = 10) -> nn.Module:
-    """Architecture callable used as ``--arch tests/conftest.py:make_tiny_net``."""
-    torch.manual_seed(0)
-    return TinyNet(num_classes)
+@pytest.fixture(scope="session")
+def examples_dir() -> Path:
+    """``examples/`` in the repository."""
+    return EXAMPLES
+
+
+@pytest.fixture(scope="session")
+def checkpoints_dir() -> Path:
+    """``examples/checkpoints/``: the shipped example checkpoints and their cards."""
+    return CHECKPOINTS
+
+
+@pytest.fixture(scope="session")
+def tiny_net_factory():
+    """``make_tiny_net(num_classes=10)``: a fresh, seeded TinyNet (3x8x8 inputs)."""
+    return make_tiny_net
+
+
+@pytest.fixture(scope="session")
+def tiny_arch() -> str:
+    """The ``--arch`` spec that builds ``make_tiny_net`` (``armetrics_testkit.TINY_ARCH``)."""
+    return TINY_ARCH
 
 
 @pytest.fixture

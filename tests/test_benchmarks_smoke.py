@@ -5,12 +5,10 @@ import os
 import subprocess
 import sys
 
-from conftest import ROOT
 
-
-def test_benchmark_script_quick_row(tmp_path):
+def test_benchmark_script_quick_row(tmp_path, repo_root):
     out = tmp_path / "results.json"
-    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "run.py"), "--quick", "--only", "data_probes",
+    proc = subprocess.run([sys.executable, str(repo_root / "benchmarks" / "run.py"), "--quick", "--only", "data_probes",
                            "--out", str(out)], capture_output=True, text=True, timeout=600,
                           env={**os.environ, "PYTHONWARNINGS": "ignore"})
     assert proc.returncode == 0, proc.stderr[-2000:]

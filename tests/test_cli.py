@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 import armetrics as am
-from conftest import CHECKPOINTS, EXAMPLES
+from armetrics_testkit import CHECKPOINTS, EXAMPLES
 
 CKPT = str(CHECKPOINTS / "small_cnn_eps0.pt")
 ARCH = f"{EXAMPLES / 'models.py'}:small_cnn"

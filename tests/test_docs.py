@@ -9,7 +9,10 @@ import importlib
 import importlib.util
 import inspect
 import math
+import os
 import re
+import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -131,6 +134,35 @@ def test_writing_a_probe_example_runs_and_is_right(example_probe, tiny_net, tiny
     plain = am.analyze(tiny_net, data, [EXAMPLE_PROBE]).summary(EXAMPLE_PROBE)
     assert plain["logit_norm_mean"] == summary["logit_norm_mean"]
     assert "layer_norm_mean" not in plain
+
+
+def test_writing_a_probe_example_works_as_a_new_module_of_the_package(tmp_path, tiny_net, tiny_npz, tiny_arch):
+    """The page's promise, kept literally: the example saved as a new file under
+    ``armetrics/probes/`` (of a copy of the package) is found by the registry and runs
+    from the CLI as the page says, with no edit anywhere else."""
+    site = tmp_path / "site"
+    shutil.copytree(ROOT / "armetrics", site / "armetrics", ignore=shutil.ignore_patterns("__pycache__"))
+    (block,) = [b for b in python_blocks(EXAMPLE_DOC.read_text()) if "@register_probe" in b]
+    (site / "armetrics" / "probes" / "logit_norm.py").write_text(block)
+    torch.save(tiny_net.state_dict(), tmp_path / "tiny.pt")
+    env = {**os.environ, "PYTHONPATH": str(site)}
+    listing = subprocess.run([sys.executable, "-m", "armetrics", "probes"], cwd=tmp_path, env=env,
+                             capture_output=True, text=True, timeout=120)
+    assert listing.returncode == 0, listing.stderr
+    assert re.search(r"^logit_norm\b.*Mean L2 norm of the logit vector", listing.stdout, re.MULTILINE), listing.stdout
+    run = subprocess.run([sys.executable, "-m", "armetrics", "analyze", "tiny.pt", "--arch", tiny_arch,
+                          "--data", str(tiny_npz), "--probes", "logit_norm", "--set", "logit_norm.layer=conv",
+                          "--quiet", "--out", "r.json"], cwd=tmp_path, env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert run.returncode == 0, run.stderr
+    report = am.Report.load(tmp_path / "r.json")
+    assert report.data["armetrics_version"] == am.__version__
+    summary = report.summary("logit_norm")
+    logit_norms, conv_norms = direct_norms(tiny_net, am.load_data(tiny_npz), "conv")
+    assert summary["n"] == 64
+    assert summary["logit_norm_mean"] == pytest.approx(math.fsum(logit_norms) / 64, rel=1e-6)
+    assert summary["layer_norm_mean"] == pytest.approx(math.fsum(conv_norms) / 64, rel=1e-6)
+    assert not (ROOT / "armetrics" / "probes" / "logit_norm.py").exists(), "the copy, not this checkout, holds it"
 
 
 def test_writing_a_probe_example_merges_exactly_and_survives_no_data(example_probe):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import zipfile
-from pathlib import Path
 
 import pytest
 import torch
@@ -13,8 +12,7 @@ import armetrics as am
 from armetrics.errors import LoadError, UnsafeCodeError, UnsafePickleError
 from armetrics.loading import align_keys, sniff
 
-CONFTEST = Path(__file__).resolve().parent / "conftest.py"
-ARCH = f"{CONFTEST}:make_tiny_net"
+from armetrics_testkit import TINY_ARCH as ARCH, TinyNet
 
 
 def same_outputs(a: nn.Module, b: nn.Module, shape=(5, 3, 8, 8)) -> bool:
@@ -200,12 +198,7 @@ def test_shape_mismatch_named(tmp_path):
 
 
 def make_tiny(num_classes):
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("_conftest_copy", CONFTEST)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod.TinyNet(num_classes)
+    return TinyNet(num_classes)
 
 
 def test_state_dict_without_arch(tmp_path, net):

@@ -22,11 +22,10 @@ from PIL import Image
 
 import armetrics as am
 from armetrics.errors import ArmetricsError, ConfigError, ReportError
-from conftest import CHECKPOINTS, CONFTEST_PATH, EXAMPLES, make_tiny_net
+from armetrics_testkit import CHECKPOINTS, EXAMPLES, TINY_ARCH, make_tiny_net
 
 CKPT = str(CHECKPOINTS / "small_cnn_eps0.pt")
 ARCH = f"{EXAMPLES / 'models.py'}:small_cnn"
-TINY_ARCH = f"{CONFTEST_PATH}:make_tiny_net"
 
 
 class _Payload:
@@ -141,8 +140,8 @@ def test_bad_input_matrix(case, tmp_path, cli_inproc):
     assert not (tmp_path / "PWNED").exists()
 
 
-def test_nonfinite_weights_flagged_not_crashing(tmp_path, cli_inproc):
-    net = make_tiny_net()
+def test_nonfinite_weights_flagged_not_crashing(tmp_path, cli_inproc, tiny_net_factory):
+    net = tiny_net_factory()
     with torch.no_grad():
         net.conv.weight[0, 0, 0, 0] = float("inf")
     p = tmp_path / "nan.pt"
@@ -274,7 +273,7 @@ def test_interrupted_analyze_keeps_old_report(tmp_path, sig):
 
 
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
-def test_swallowed_interrupt_still_stops_the_run(monkeypatch, tmp_path, capsys):
+def test_swallowed_interrupt_still_stops_the_run(monkeypatch, tmp_path, capsys, tiny_net_factory):
     """A Ctrl-C that lands in a __del__ is printed as "Exception ignored" and Python goes
     on; the handler the CLI installs also records it, so the next batch stops the run and
     nothing is written."""
@@ -288,7 +287,7 @@ def test_swallowed_interrupt_still_stops_the_run(monkeypatch, tmp_path, capsys):
 
     LandsInDel()  # the KeyboardInterrupt raised in __del__ is swallowed here
     assert interrupt._requested
-    net = make_tiny_net()
+    net = tiny_net_factory()
     npz = tmp_path / "d.npz"
     rng = np.random.default_rng(0)
     np.savez(npz, x=rng.integers(0, 256, (8, 8, 8, 3), dtype=np.uint8), y=rng.integers(0, 10, 8))
@@ -310,8 +309,8 @@ def _strip(d: dict) -> dict:
     return d
 
 
-def test_same_seed_identical_different_seed_differs(tmp_path):
-    net = make_tiny_net()
+def test_same_seed_identical_different_seed_differs(tmp_path, tiny_net_factory):
+    net = tiny_net_factory()
     npz = tmp_path / "d.npz"
     rng = np.random.default_rng(0)
     np.savez(npz, x=rng.integers(0, 256, (48, 8, 8, 3), dtype=np.uint8), y=rng.integers(0, 10, 48))

@@ -12,16 +12,15 @@ import sys
 import pytest
 
 import armetrics as am
-from conftest import CHECKPOINTS, EXAMPLES, ROOT
 
 EPS = (0, 2, 4, 8)
 
 
 @pytest.mark.parametrize("eps", EPS)
-def test_shipped_checkpoints_load_and_have_cards(eps):
-    ckpt = CHECKPOINTS / f"small_cnn_eps{eps}.pt"
+def test_shipped_checkpoints_load_and_have_cards(eps, checkpoints_dir, examples_dir):
+    ckpt = checkpoints_dir / f"small_cnn_eps{eps}.pt"
     card = json.loads(ckpt.with_suffix(".json").read_text())
-    model = am.load_model(ckpt, arch=f"{EXAMPLES / 'models.py'}:small_cnn", arch_kwargs=card["arch_kwargs"])
+    model = am.load_model(ckpt, arch=f"{examples_dir / 'models.py'}:small_cnn", arch_kwargs=card["arch_kwargs"])
     assert model.armetrics_info.format == "state_dict"
     assert card["eps"] == f"{eps}/255"
     assert ckpt.stat().st_size < 5 * 2**20
@@ -29,15 +28,15 @@ def test_shipped_checkpoints_load_and_have_cards(eps):
         assert key in card
 
 
-def test_reproduction_pipeline_smoke(tmp_path):
+def test_reproduction_pipeline_smoke(tmp_path, examples_dir, repo_root):
     doc = tmp_path / "docs" / "repro.md"
     img = tmp_path / "docs" / "img"
     proc = subprocess.run(
-        [sys.executable, str(EXAMPLES / "reproduce_paper.py"), "-n", "12", "--out", str(tmp_path / "reports"),
+        [sys.executable, str(examples_dir / "reproduce_paper.py"), "-n", "12", "--out", str(tmp_path / "reports"),
          "--img", str(img), "--doc", str(doc),
          "--set", "smoothness.max_samples=3", "--set", "smoothness.bootstrap=20", "--set", "smoothness.pgd_steps=2",
          "--set", "smoothness.iters=3", "--set", "robust_accuracy.steps=2"],
-        capture_output=True, text=True, cwd=ROOT, timeout=900, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+        capture_output=True, text=True, cwd=repo_root, timeout=900, env={**os.environ, "PYTHONWARNINGS": "ignore"})
     assert proc.returncode == 0, proc.stderr[-2000:]
     text = doc.read_text()
     verdicts = re.findall(r"^\| (\d)\. .* \| (reproduced|partly|not reproduced|inconclusive) \|$", text, re.M)

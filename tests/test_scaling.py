@@ -14,7 +14,6 @@ import pytest
 import torch
 
 import armetrics as am
-from conftest import CONFTEST_PATH, make_tiny_net
 
 DATA_PROBES = "accuracy,margin,confidence,smoothness"
 
@@ -38,14 +37,14 @@ def strip(report: dict) -> dict:
 
 
 @pytest.fixture
-def tiny_ckpt(tmp_path):
+def tiny_ckpt(tmp_path, tiny_net_factory):
     p = tmp_path / "tiny.pt"
-    torch.save(make_tiny_net().state_dict(), p)
+    torch.save(tiny_net_factory().state_dict(), p)
     return p
 
 
-def test_torchrun_two_ranks_equal_one_process(tmp_path, tiny_ckpt, tiny_npz):
-    common = [str(tiny_ckpt), "--arch", f"{CONFTEST_PATH}:make_tiny_net", "--data", str(tiny_npz),
+def test_torchrun_two_ranks_equal_one_process(tmp_path, tiny_ckpt, tiny_npz, tiny_arch):
+    common = [str(tiny_ckpt), "--arch", tiny_arch, "--data", str(tiny_npz),
               "--batch-size", "16", "--probes", DATA_PROBES, "--quiet",
               "--set", "smoothness.directions=2", "--set", "smoothness.iters=3"]
     env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
@@ -73,17 +72,17 @@ def _sweep(cli_args, out_dir, executor, timeout=600, **popen):
     return subprocess.run(args, capture_output=True, text=True, env=env, timeout=timeout)
 
 
-def test_ray_sweep_equals_local_and_resumes(tmp_path, tiny_npz):
+def test_ray_sweep_equals_local_and_resumes(tmp_path, tiny_npz, tiny_net_factory, tiny_arch):
     pytest.importorskip("ray")
     models = []
     for seed in range(3):
         torch.manual_seed(seed)
         p = tmp_path / f"m{seed}.pt"
-        net = make_tiny_net()
+        net = tiny_net_factory()
         torch.nn.init.normal_(net.fc.weight, std=0.5 + seed)
         torch.save(net.state_dict(), p)
         models.append(str(p))
-    args = [*models, "--arch", f"{CONFTEST_PATH}:make_tiny_net", "--data", str(tiny_npz), "--probes", "accuracy,confidence"]
+    args = [*models, "--arch", tiny_arch, "--data", str(tiny_npz), "--probes", "accuracy,confidence"]
     local = _sweep(args, tmp_path / "local", "local")
     assert local.returncode == 0, local.stderr
 
@@ -111,7 +110,7 @@ def test_ray_sweep_equals_local_and_resumes(tmp_path, tiny_npz):
         assert a["run"]["fingerprint"] == b["run"]["fingerprint"]
 
 
-def test_ray_missing_says_how_to_install(tmp_path, tiny_npz, monkeypatch, capsys):
+def test_ray_missing_says_how_to_install(tmp_path, tiny_npz, monkeypatch, capsys, tiny_net_factory, tiny_arch):
     import builtins
 
     real_import = builtins.__import__
@@ -125,9 +124,9 @@ def test_ray_missing_says_how_to_install(tmp_path, tiny_npz, monkeypatch, capsys
     from armetrics.cli import main
 
     p = tmp_path / "m.pt"
-    torch.save(make_tiny_net().state_dict(), p)
+    torch.save(tiny_net_factory().state_dict(), p)
     with pytest.raises(SystemExit) as exc:
-        main(["analyze", str(p), "--arch", f"{CONFTEST_PATH}:make_tiny_net", "--data", str(tiny_npz),
+        main(["analyze", str(p), "--arch", tiny_arch, "--data", str(tiny_npz),
               "--out-dir", str(tmp_path / "o"), "--executor", "ray"])
     assert exc.value.code == 1
     assert "pip install 'armetrics[ray]'" in capsys.readouterr().err

@@ -19,9 +19,7 @@ import torch
 
 import armetrics as am
 from armetrics.errors import ArmetricsError, ConfigError, DataError, ReportError
-from conftest import CONFTEST_PATH, make_tiny_net
-
-TINY_ARCH = f"{CONFTEST_PATH}:make_tiny_net"
+from armetrics_testkit import TESTS_DIR, TINY_ARCH, make_tiny_net
 
 
 def _tiny_files(tmp: Path) -> tuple[Path, Path]:
@@ -45,8 +43,8 @@ def _one_line_error(proc, match: str, code: int = 1) -> None:
 # ----------------------------------------------------------------- outputs never replace inputs
 def _arch_file(tmp: Path) -> Path:
     nets = tmp / "nets.py"
-    nets.write_text(f"import sys\nsys.path.insert(0, {str(CONFTEST_PATH.parent)!r})\n"
-                    "from conftest import make_tiny_net\n")
+    nets.write_text(f"import sys\nsys.path.insert(0, {str(TESTS_DIR)!r})\n"
+                    "from armetrics_testkit import make_tiny_net\n")
     return nets
 
 
@@ -96,11 +94,11 @@ def test_out_onto_a_fifo_is_refused(tmp_path, cli_inproc):
     assert fifo.is_fifo()
 
 
-def test_sweep_report_onto_a_model_is_refused(tmp_path, cli_inproc):
+def test_sweep_report_onto_a_model_is_refused(tmp_path, cli_inproc, tiny_net_factory):
     """--out-dir next to the models: a model named like a report stays a model."""
     ckpt, _ = _tiny_files(tmp_path)
     evil = tmp_path / "victim.json"  # a checkpoint whose report would be tmp_path/victim.json: itself
-    torch.save(make_tiny_net().state_dict(), evil)
+    torch.save(tiny_net_factory().state_dict(), evil)
     before = evil.read_bytes()
     proc = cli_inproc("analyze", str(ckpt), str(evil), "--arch", TINY_ARCH, "--probes", "spectrum",
                       "--out-dir", str(tmp_path), "--quiet")
@@ -142,12 +140,12 @@ def test_sweep_redoes_a_model_when_the_arch_code_changes(tmp_path, cli_inproc):
     assert "skipped" not in _sweep(cli_inproc, *args)
 
 
-def test_sweep_report_names_are_unique_per_model_path(tmp_path, cli_inproc):
+def test_sweep_report_names_are_unique_per_model_path(tmp_path, cli_inproc, tiny_net_factory):
     from armetrics.sweep import report_names
 
     for d in ("a", "b"):
         (tmp_path / d).mkdir()
-        torch.save(make_tiny_net().state_dict(), tmp_path / d / "model.pt")
+        torch.save(tiny_net_factory().state_dict(), tmp_path / d / "model.pt")
     a, b = str(tmp_path / "a" / "model.pt"), str(tmp_path / "b" / "model.pt")
     names = report_names([a, b])
     assert names[a] != names[b]
@@ -274,8 +272,8 @@ def test_newline_in_a_file_name_stays_one_line(tmp_path, cli_inproc):
 
 def test_third_party_warnings_only_with_debug(tmp_path, cli):
     noisy = tmp_path / "noisy.py"
-    noisy.write_text(f"import sys, warnings\nsys.path.insert(0, {str(CONFTEST_PATH.parent)!r})\n"
-                     "from conftest import make_tiny_net\n"
+    noisy.write_text(f"import sys, warnings\nsys.path.insert(0, {str(TESTS_DIR)!r})\n"
+                     "from armetrics_testkit import make_tiny_net\n"
                      "def make():\n    warnings.warn('third-party noise', FutureWarning)\n"
                      "    import logging\n    logging.getLogger('PIL.TiffImagePlugin').error('logged noise')\n"
                      "    return make_tiny_net()\n")
@@ -290,8 +288,8 @@ def test_third_party_warnings_only_with_debug(tmp_path, cli):
 
 # ----------------------------------------------------------------- the Python API boundary
 @pytest.fixture(scope="module")
-def net():
-    return make_tiny_net().eval()
+def net(tiny_net_factory):
+    return tiny_net_factory().eval()
 
 
 API_CALLS = {

@@ -34,7 +34,7 @@ from PIL import Image
 
 import armetrics as am
 from armetrics.errors import ArmetricsError, ConfigError, DataError
-from conftest import CHECKPOINTS, EXAMPLES, run_cli
+from armetrics_testkit import CHECKPOINTS, EXAMPLES
 
 CKPT = str(CHECKPOINTS / "small_cnn_eps0.pt")
 ARCH = f"{EXAMPLES / 'models.py'}:small_cnn"
@@ -158,10 +158,10 @@ def test_fifo_as_npz_is_refused_not_blocking(tmp_path):
         within(10, am.load_data, fifo, unblock=release_fifo(fifo))
 
 
-def test_fifo_as_cli_data_exits_1(tmp_path):
+def test_fifo_as_cli_data_exits_1(tmp_path, cli):
     fifo = tmp_path / "data.npz"
     os.mkfifo(fifo)
-    proc = run_cli("analyze", CKPT, "--arch", ARCH, "--probes", "accuracy", "--data", str(fifo), "--quiet", timeout=120)
+    proc = cli("analyze", CKPT, "--arch", ARCH, "--probes", "accuracy", "--data", str(fifo), "--quiet", timeout=120)
     assert proc.returncode == 1, proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and "FIFO" in lines[0], proc.stderr

@@ -32,9 +32,9 @@ from torch import nn
 import armetrics as am
 from armetrics import export_check, safeio
 from armetrics.errors import ArmetricsError, LoadError, UnsafeCodeError
-from conftest import CONFTEST_PATH
+from armetrics_testkit import TINY_ARCH
 
-ARCH = f"{CONFTEST_PATH}:make_tiny_net"
+ARCH = TINY_ARCH
 ROOT = Path(__file__).resolve().parents[1]
 
 

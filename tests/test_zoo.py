@@ -128,3 +128,12 @@ def test_lookup_and_parsers():
     assert any(r["venue"] == "GitHub, Sep 2019" for r in zoo_mod.leaderboard())
     corr = [r for r in zoo_mod.leaderboard("cifar10", "corruptions")]
     assert corr and all(r["robust_metric"] == "corruptions_acc" for r in corr)
+
+
+@pytest.mark.parametrize("eps, text", [(8 / 255, "8/255"), (0.0, "0"), (0.5, "0.5"), (1 / 255, "1/255"),
+                                       (0.031, "0.031"), (None, "–"), (float("nan"), "–"), (4.5 / 255, "0.0176471")])
+def test_format_eps(eps, text):
+    """One wording of a radius for the page and the figures: k/255 only for k >= 1."""
+    from armetrics.zoo import format_eps
+
+    assert format_eps(eps) == text

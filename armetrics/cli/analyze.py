@@ -250,5 +250,6 @@ def probes_cmd(pattern) -> None:
         click.echo(f"{name}  [{kind}]  {cls.description}")
         for opt in cls.options().values():
             default = "none" if opt.default is None else opt.default
-            click.echo(f"    --set {name}.{opt.name}=<{opt.describe_type()}>  default {default}"
+            bounds = f" {opt.range}" if opt.range else ""
+            click.echo(f"    --set {name}.{opt.name}=<{opt.describe_type()}{bounds}>  default {default}"
                        + (f"  {opt.help}" if opt.help else ""))

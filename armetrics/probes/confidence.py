@@ -18,15 +18,13 @@ fixed histograms; shards merge exactly.
 
 from __future__ import annotations
 
-import copy
 import math
 from typing import Annotated
 
 import torch
 
-from ..errors import ConfigError
 from ..functional import top1_correct
-from ..probe import Batch, Probe, ProbeResult
+from ..probe import Batch, Probe, ProbeResult, Range
 from ..registry import register_probe
 from ..stats import MAX_BINS, ExactSum, Histogram
 
@@ -61,23 +59,6 @@ def expected_calibration_error(counts, correct, conf_sums) -> float:
     return math.fsum(abs(int(k) - float(s)) for k, s in zip(correct, conf_sums)) / n
 
 
-def _merge_sums(a: list[ExactSum], b: list[ExactSum]) -> list[ExactSum]:
-    out = copy.deepcopy(a)
-    for x, y in zip(out, b):
-        x.merge(y)
-    return out
-
-
-def _merge_optional(a, b):
-    if a is None:
-        return copy.deepcopy(b)
-    if b is None:
-        return copy.deepcopy(a)
-    out = copy.deepcopy(a)
-    out.merge(b)
-    return out
-
-
 @register_probe("confidence")
 class Confidence(Probe):
     """Confidence and calibration: accuracy, mean max-prob, true-class prob, entropy, NLL, ECE.
@@ -93,25 +74,21 @@ class Confidence(Probe):
     def __init__(
         self,
         *,
-        bins: Annotated[int, "equal-width confidence bins of the ECE / reliability diagram"] = 15,
-        hist_bins: Annotated[int, "bins of the max-prob and entropy histograms"] = 50,
+        bins: Annotated[int, "equal-width confidence bins of the ECE / reliability diagram", Range(1, MAX_BINS)] = 15,
+        hist_bins: Annotated[int, "bins of the max-prob and entropy histograms", Range(1, MAX_BINS)] = 50,
     ):
         super().__init__()
-        self.bins = bins
-        self.hist_bins = hist_bins
-        if not (1 <= bins <= MAX_BINS and 1 <= hist_bins <= MAX_BINS):
-            raise ConfigError(f"confidence.bins and hist_bins must be between 1 and {MAX_BINS}, got {bins} and {hist_bins}")
         self.edges = torch.linspace(0.0, 1.0, bins + 1, dtype=torch.float64)
         self.add_state("n", 0, "sum")
         self.add_state("n_nonfinite", 0, "sum")
         self.add_state("n_correct", 0, "sum")
         self.add_state("bin_count", torch.zeros(bins, dtype=torch.long), "sum")
         self.add_state("bin_correct", torch.zeros(bins, dtype=torch.long), "sum")
-        self.add_state("bin_conf", [ExactSum() for _ in range(bins)], _merge_sums)
+        self.add_state("bin_conf", [ExactSum() for _ in range(bins)], "merge")
         for key in ("max_prob", "true_prob", "entropy", "nll"):
             self.add_state(f"sum_{key}", ExactSum(), "merge")
         self.add_state("max_prob_hist", Histogram.linear(0.0, 1.0, hist_bins), "merge")
-        self.add_state("entropy_hist", None, _merge_optional)  # range [0, log K]: made at the first batch
+        self.add_state("entropy_hist", None, "merge")  # range [0, log K]: made at the first batch
 
     def update(self, batch: Batch) -> None:
         logits, y = batch.logits, batch.y

@@ -27,7 +27,7 @@ import torch
 from ..boundary import MIN_RADIUS_RATIO, boundary_distance
 from ..errors import ConfigError, ProbeError
 from ..functional import Norm, logit_margin  # noqa: F401  (logit_margin: re-exported)
-from ..probe import Batch, Context, Probe, ProbeResult
+from ..probe import Batch, Context, Probe, ProbeResult, Range
 from ..registry import register_probe
 from ..stats import MAX_BINS, Histogram, QuantileSketch
 
@@ -92,42 +92,25 @@ class Margin(Probe):
     def __init__(
         self,
         *,
-        bins: Annotated[int, "number of histogram bins"] = 40,
-        logit_range: Annotated[float, "logit-margin histogram covers [-R, R] (outside: under/overflow)"] = 20.0,
+        bins: Annotated[int, "number of histogram bins", Range(1, MAX_BINS)] = 40,
+        logit_range: Annotated[float, "logit-margin histogram covers [-R, R] (outside: under/overflow)",
+                               Range(0, positive=True)] = 20.0,
         input: Annotated[bool, "also measure the input-space distance to the decision boundary (slow)"] = False,
         norms: Annotated[tuple[Norm, ...], "norms of the input-space distance"] = ("L2", "Linf"),
         attack: Annotated[Literal["fab", "pgd"], "input-space attack: FAB or bisection over PGD"] = "fab",
-        max_l2: Annotated[float, "largest L2 distance searched ([0,1] pixel units)"] = 10.0,
-        max_linf: Annotated[float, "largest Linf distance searched ([0,1] pixel units)"] = 0.25,
-        steps: Annotated[int | None, "FAB iterations, or PGD steps per bisection radius (default 100 / 20)"] = None,
-        search_steps: Annotated[int, "bisection steps (attack=pgd)"] = 14,
-        targets: Annotated[int, "attack=pgd: also targeted runs at the T classes nearest to first order (0: untargeted only)"] = 1,
-        restarts: Annotated[int, "FAB restarts (the first from x, later ones random)"] = 1,
+        max_l2: Annotated[float, "largest L2 distance searched ([0,1] pixel units)", Range(0, positive=True)] = 10.0,
+        max_linf: Annotated[float, "largest Linf distance searched ([0,1] pixel units)", Range(0, positive=True)] = 0.25,
+        steps: Annotated[int | None, "FAB iterations, or PGD steps per bisection radius (default 100 / 20)",
+                         Range(1, 10_000)] = None,
+        search_steps: Annotated[int, "bisection steps (attack=pgd; each halves the interval)", Range(0, 64)] = 14,
+        targets: Annotated[int, "attack=pgd: also targeted runs at the T classes nearest to first order (0: untargeted only)",
+                           Range(0, 1_000)] = 1,
+        restarts: Annotated[int, "FAB restarts (the first from x, later ones random)", Range(1, 1_000)] = 1,
     ):
         super().__init__()
-        self.bins = bins
-        self.logit_range = logit_range
-        self.input = input
         self.norms = tuple(n.strip() for n in norms.split(",")) if isinstance(norms, str) else tuple(norms)
-        self.attack = attack
-        self.max_l2 = max_l2
-        self.max_linf = max_linf
-        self.steps = steps
-        self.search_steps = search_steps
-        self.targets = targets
-        self.restarts = restarts
-        if not 1 <= bins <= MAX_BINS:
-            raise ConfigError(f"margin.bins must be between 1 and {MAX_BINS}, got {bins}")
-        if not logit_range > 0:
-            raise ConfigError(f"margin.logit_range must be positive, got {logit_range}")
         if not self.norms or len(set(self.norms)) != len(self.norms) or not set(self.norms) <= {"L2", "Linf"}:
             raise ConfigError(f"margin.norms must be distinct names from L2, Linf, got {','.join(map(str, self.norms)) or 'nothing'}")
-        if not (max_l2 > 0 and max_linf > 0):
-            raise ConfigError("margin.max_l2 and margin.max_linf must be positive")
-        if (steps is not None and not 1 <= steps <= 10_000) or not (0 <= search_steps <= 64 and 0 <= targets <= 1_000
-                                                                     and 1 <= restarts <= 1_000):
-            raise ConfigError("margin needs 1 <= steps <= 10000, 1 <= restarts <= 1000, 0 <= search_steps <= 64 "
-                              "(bisection halves the interval each step) and 0 <= targets <= 1000")
 
         self.add_state("n", 0, "sum")
         self.add_state("n_nonfinite", 0, "sum")

@@ -28,7 +28,7 @@ from torch import nn
 from ..attacks import pgd
 from ..errors import ConfigError, ProbeError
 from ..functional import LogitsModule, derive_seed, per_sample_norm, top1_correct
-from ..probe import Batch, Probe, ProbeResult
+from ..probe import Batch, Probe, ProbeResult, Range
 from ..registry import register_probe
 
 DEFAULT_EPS = {"Linf": 8 / 255, "L2": 0.5}  # RobustBench's CIFAR-10 threat models
@@ -98,21 +98,12 @@ class RobustAccuracy(Probe):
         self,
         *,
         attack: Annotated[Literal["pgd", "autoattack"], "pgd, or AutoAttack's standard version"] = "pgd",
-        eps: Annotated[float | None, "radius in [0,1] pixel units (default 8/255 for Linf, 0.5 for L2)"] = None,
+        eps: Annotated[float | None, "radius in [0,1] pixel units (default 8/255 for Linf, 0.5 for L2)", Range(0)] = None,
         norm: Annotated[Literal["Linf", "L2"], "threat model"] = "Linf",
-        steps: Annotated[int, "PGD steps (step size 2.5*eps/steps)"] = 10,
-        restarts: Annotated[int, "PGD runs from independent random starts"] = 1,
+        steps: Annotated[int, "PGD steps (step size 2.5*eps/steps)", Range(0, 10_000)] = 10,
+        restarts: Annotated[int, "PGD runs from independent random starts", Range(1, 1_000)] = 1,
     ):
         super().__init__()
-        if eps is not None and not (eps >= 0 and math.isfinite(eps)):
-            raise ConfigError(f"robust_accuracy.eps must be a finite number >= 0, got {eps}: e.g. --set robust_accuracy.eps=8/255")
-        if not (0 <= steps <= 10_000 and 1 <= restarts <= 1_000):
-            raise ConfigError(f"robust_accuracy needs 0 <= steps <= 10000 and 1 <= restarts <= 1000 (got {steps}, {restarts})")
-        self.attack = attack
-        self.eps = eps
-        self.norm = norm
-        self.steps = steps
-        self.restarts = restarts
         self.add_state("n", 0, reduce="sum")
         self.add_state("correct", 0, reduce="sum")
         self.add_state("robust", 0, reduce="sum")

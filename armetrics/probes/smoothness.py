@@ -42,11 +42,11 @@ import torch
 from torch import nn
 
 from ..attacks import pgd
-from ..errors import ConfigError, ProbeError, first_line
+from ..errors import ProbeError, first_line
 from ..functional import flat_norm, logits as model_logits, seeded_generator
-from ..hooks import select_layers
-from ..jacobian import directional_derivative_norms, tap_outputs, top_singular_value, truncated
-from ..probe import Batch, Context, Probe, ProbeResult
+from ..hooks import select_layers, tap_outputs
+from ..jacobian import directional_derivative_norms, top_singular_value, truncated
+from ..probe import Batch, Context, Graph, Probe, ProbeResult, Range
 from ..registry import register_probe
 from ..linalg import LINEAR_TYPES
 from ..stats import Histogram
@@ -110,39 +110,24 @@ class Smoothness(Probe):
     """
 
     headline = ('ratio_random_median', 'ratio_worst_median', 'anisotropy_median', 'logit_ratio_worst')
+    needs_input_grad = True  # h(x) and the Jacobians come from the engine's shared forward
 
     def __init__(
         self,
         *,
         layers: Annotated[str | None, "comma list of module-name globs (default: every Conv2d/Linear); a 'logits' row is always added"] = None,
-        radius: Annotated[float | None, "L2 norm of the input perturbation (default (8/255)*sqrt(d)); 0: derivatives, no ratio_pgd"] = None,
-        directions: Annotated[int, "random directions per sample (0: no ratio_random)"] = 4,
-        iters: Annotated[int, "J^T J products (Krylov power iteration) for ratio_worst (0: no ratio_worst)"] = 10,
-        pgd_steps: Annotated[int, "L2 PGD steps for ratio_pgd (0: none)"] = 10,
-        max_samples: Annotated[int | None, "measure the first N samples of the run only (none: all)"] = 256,
-        bootstrap: Annotated[int, "bootstrap resamples for 95% confidence intervals (0: none)"] = 1000,
+        radius: Annotated[float | None, "L2 norm of the input perturbation (default (8/255)*sqrt(d)); 0: derivatives, no ratio_pgd",
+                          Range(0)] = None,
+        directions: Annotated[int, "random directions per sample (0: no ratio_random)", Range(0, 10_000)] = 4,
+        iters: Annotated[int, "J^T J products (Krylov power iteration) for ratio_worst (0: no ratio_worst)",
+                         Range(0, 1_000)] = 10,
+        pgd_steps: Annotated[int, "L2 PGD steps for ratio_pgd (0: none)", Range(0, 10_000)] = 10,
+        max_samples: Annotated[int | None, "measure the first N samples of the run only (none: all)", Range(1)] = 256,
+        bootstrap: Annotated[int, "bootstrap resamples for 95% confidence intervals (0: none)", Range(0, 100_000)] = 1000,
     ):
         super().__init__()
         if isinstance(layers, (list, tuple)):
-            layers = ",".join(layers)
-        for name, value in (("directions", directions), ("iters", iters), ("pgd_steps", pgd_steps), ("bootstrap", bootstrap)):
-            if value < 0:
-                raise ConfigError(f"smoothness.{name} must be >= 0, got {value}: pass e.g. --set smoothness.{name}=10")
-        if radius is not None and not (radius >= 0 and math.isfinite(radius)):
-            raise ConfigError(f"smoothness.radius must be a finite number >= 0, got {radius}: e.g. --set smoothness.radius=0.5")
-        for name, value, most in (("directions", directions, 10_000), ("iters", iters, 1_000),
-                                  ("pgd_steps", pgd_steps, 10_000), ("bootstrap", bootstrap, 100_000)):
-            if value > most:
-                raise ConfigError(f"smoothness.{name} must be at most {most}, got {value}")
-        if max_samples is not None and max_samples < 1:
-            raise ConfigError(f"smoothness.max_samples must be >= 1 or none, got {max_samples}")
-        self.layers = layers
-        self.radius = radius
-        self.directions = directions
-        self.iters = iters
-        self.pgd_steps = pgd_steps
-        self.max_samples = max_samples
-        self.bootstrap = bootstrap
+            self.layers = ",".join(layers)
         self.add_state("chunks", [], reduce="cat")
         self._names: list[str] = []
         self._types: dict[str, str] = {}
@@ -158,6 +143,12 @@ class Smoothness(Probe):
         self._names = names
         self._types = {n: type(m).__name__ for n, m in selected}
         self._logits_row = LOGITS if LOGITS not in names else "logits (output)"
+
+    def feature_layers(self) -> list[str]:
+        return list(self._names)
+
+    def wants_batch(self, offset: int, size: int) -> bool:
+        return self.max_samples is None or offset < self.max_samples
 
     @property
     def rows(self) -> list[str]:
@@ -183,8 +174,11 @@ class Smoothness(Probe):
         out = {k: nan.clone() for k in PER_ROW}
         col = {r: j for j, r in enumerate(rows)}
 
-        # 1. h(x) for every row, with the graph when the Jacobian is needed
-        xg, h, calls, alias = self._outputs(model, x)
+        # 1. h(x) for every row, with the graph: the engine's pass when it covers exactly these samples
+        if batch.graph is not None and n == batch.x.shape[0]:
+            xg, h, calls, alias = self._from_graph(batch.graph)
+        else:
+            xg, h, calls, alias = self._outputs(model, x)
         h0 = {k: v.detach().flatten(1) for k, v in h.items()}
         work = [r for r in rows if r not in alias]
         out["h_norm"] = torch.stack([flat_norm(h0[r]) for r in rows], 1).double().cpu()
@@ -194,6 +188,7 @@ class Smoothness(Probe):
         # 3. worst direction: power iteration on J^T J per row, one shared forward graph
         v_top = self._worst_ratios(xg, h, x, batch, pos, work, col, out) if self.iters > 0 else {}
         del h, xg  # the graph is not needed any more
+        batch.release_graph(self)
         # 4. PGD in the L2 ball of radius, maximizing ||h(x+delta) - h(x)||, one run per row
         if self.pgd_steps > 0 and radius > 0:
             self._pgd_ratios(model, x, batch, pos, radius, work, col, h0, calls, v_top, out)
@@ -206,22 +201,32 @@ class Smoothness(Probe):
                                       "x_norm": flat_norm(x).double().cpu(), **out, "meta": meta}]
 
     def _outputs(self, model: nn.Module, x: torch.Tensor):
-        """One forward pass of ``x`` (requiring grad when ``iters > 0``): the input used,
-        every row's output ``h`` by row name, each tapped module's call count, and the
-        modules whose output IS the model output (aliases of the logits row)."""
-        names = self._names
+        """A forward pass of our own (``batch.graph`` absent or covering other samples):
+        ``x`` as a leaf requiring grad (when ``iters > 0``) and, as :meth:`_from_graph`,
+        every row's output, the modules' call counts and the aliases of the logits row."""
         need_grad = self.iters > 0
         xg = x.clone().requires_grad_(need_grad)
-        with torch.set_grad_enabled(need_grad), tap_outputs(model, names) as taps:
+        with torch.set_grad_enabled(need_grad), tap_outputs(model, self._names) as taps:
             logits = model_logits(model, xg)
-        missing = [nm for nm in names if nm not in taps.outputs]
+        aliases = frozenset(nm for nm in self._names if taps.is_same(nm, logits))
+        return self._rows_of(xg, logits, taps.outputs, dict(taps.calls), aliases)
+
+    def _from_graph(self, graph: Graph):
+        """The rows from the engine's shared forward pass (``needs_input_grad``)."""
+        return self._rows_of(graph.x, graph.logits, graph.features, graph.calls, graph.aliases)
+
+    def _rows_of(self, xg: torch.Tensor, logits: torch.Tensor, features: dict[str, torch.Tensor],
+                 calls: dict[str, int], aliases: frozenset[str]):
+        """The input, every row's output ``h`` by row name, each module's call count and
+        the modules whose output IS the model output (aliases of the logits row)."""
+        missing = [nm for nm in self._names if nm not in features]
         if missing:
             raise ProbeError(f"smoothness: layers {', '.join(missing)} produced no output in the forward pass: "
                              f"choose other modules with --set smoothness.layers=...")
-        h = {**taps.outputs, self._logits_row: logits}
+        h = {**{nm: features[nm] for nm in self._names}, self._logits_row: logits}
         # a module whose output IS the model output (a final Linear) shares the logits row's numbers
-        alias = {nm: self._logits_row for nm in names if taps.is_same(nm, logits)}
-        return xg, h, dict(taps.calls), alias
+        alias = {nm: self._logits_row for nm in self._names if nm in aliases}
+        return xg, h, dict(calls), alias
 
     def _random_ratios(self, model: nn.Module, x: torch.Tensor, batch: Batch, pos: torch.Tensor, radius: float,
                        h0: dict[str, torch.Tensor]) -> torch.Tensor:

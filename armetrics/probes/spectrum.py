@@ -17,7 +17,7 @@ from .. import checks, interrupt
 from ..errors import ArmetricsError, ConfigError, ProbeError, first_line
 from ..hooks import select_layers
 from ..linalg import LINEAR_TYPES, TracedLayer, all_finite, singular_values, trace_layers
-from ..probe import Probe, ProbeResult
+from ..probe import Probe, ProbeResult, Range
 from ..registry import register_probe
 from ..report import side_path
 from ..stats import Histogram
@@ -120,21 +120,14 @@ class Spectrum(Probe):
                           "power: top-k of the true (strided, zero-padded) operator"] = "reshape",
         fold_bn: Annotated[bool, "fold an eval-mode BatchNorm that directly follows a layer into it"] = True,
         layers: Annotated[list[str] | None, "comma list of layer name globs (default: every Conv2d/Linear)"] = None,
-        bins: Annotated[int, "histogram bins per layer, on [0, sigma_max]"] = 50,
+        bins: Annotated[int, "histogram bins per layer, on [0, sigma_max]", Range(1, MAX_BINS)] = 50,
         save_values: Annotated[bool, "write all singular values to <report>.spectrum.npz"] = False,
         input_size: Annotated[tuple[int, ...] | None, "C,H,W of one input for the forward trace and fft/power "
                                                       "(default: the data's, else 3,32,32)"] = None,
-        k: Annotated[int, "number of top singular values computed by method=power"] = 6,
+        k: Annotated[int, "number of top singular values computed by method=power (at most a layer's rank)", Range(1)] = 6,
     ):
         super().__init__()
-        self.method = method
-        self.fold_bn = fold_bn
         self.layers = list(layers) if layers else None
-        self.bins = checks.integer(bins, "spectrum.bins", minimum=1)
-        self.save_values = save_values
-        self.k = checks.integer(k, "spectrum.k", minimum=1)
-        if self.bins > MAX_BINS:
-            raise ConfigError(f"spectrum.bins={self.bins} is more than {MAX_BINS}: use --set spectrum.bins={MAX_BINS} or fewer")
         self.input_size = _input_size(input_size) if input_size else None
 
     # ------------------------------------------------------------------ layer selection
