@@ -291,7 +291,7 @@ def _svdvals_np(x: np.ndarray) -> np.ndarray:
     return s
 
 
-def _parallel_map(fn, items: list) -> list:
+def parallel_map(fn, items: list) -> list:
     """``[fn(item) for item in items]`` on up to ``torch.get_num_threads()`` worker
     threads, BLAS/LAPACK limited to one thread each (numpy's LAPACK releases the GIL)."""
     workers = min(torch.get_num_threads(), len(items))
@@ -307,7 +307,7 @@ def _parallel_map(fn, items: list) -> list:
 
 def _in_parallel(fn, x: np.ndarray) -> np.ndarray:
     """``fn`` of a stack ``x``, computed on as many contiguous parts as there are threads."""
-    return np.concatenate(_parallel_map(fn, np.array_split(x, max(1, min(torch.get_num_threads(), len(x))))))
+    return np.concatenate(parallel_map(fn, np.array_split(x, max(1, min(torch.get_num_threads(), len(x))))))
 
 
 # ----------------------------------------------------------------------------- fft
@@ -438,7 +438,7 @@ def _autocorrelation_svdvals(weight, hw, us, vs, dilation, groups) -> np.ndarray
     workers = max(1, torch.get_num_threads())
     step = max(-(-len(flat) // 2), (1 << 18) // flat.shape[1], 1)
     step = max(1, min(step, -(-len(us) // (2 * workers))))
-    s = np.concatenate(_parallel_map(block, [slice(i, i + step) for i in range(0, len(us), step)]))
+    s = np.concatenate(parallel_map(block, [slice(i, i + step) for i in range(0, len(us), step)]))
     bad = np.flatnonzero(np.isnan(s).any(axis=1))
     for chunk in _chunks(len(bad), weight.shape[0] * weight.shape[1]):  # too ill-conditioned: SVD of A(u, v)
         idx = torch.from_numpy(bad[chunk])

@@ -16,7 +16,7 @@ from torch import nn
 from .. import checks, interrupt
 from ..errors import ArmetricsError, ConfigError, ProbeError, first_line
 from ..hooks import select_layers
-from ..linalg import LINEAR_TYPES, TracedLayer, all_finite, singular_values, trace_layers
+from ..linalg import LINEAR_TYPES, TracedLayer, all_finite, parallel_map, singular_values, trace_layers
 from ..probe import Probe, ProbeResult, Range
 from ..registry import register_probe
 from ..report import side_path
@@ -165,9 +165,8 @@ class Spectrum(Probe):
         ranks = self._check_k(modules, traced)
 
         rows, dists, saved = [], {}, {}
-        for name in order:
-            interrupt.check()
-            row, sigma = self._layer(name, modules[name], traced.get(name), ranks.get(name))
+        for row, sigma in self._layers(order, modules, traced, ranks):
+            name = row["name"]
             rows.append(row)
             if sigma is not None:
                 hi = row["sigma_max"] if row["sigma_max"] > 0 else 1.0
@@ -185,6 +184,21 @@ class Spectrum(Probe):
                 details["values_note"] = ("save_values needs the report's output path (-o/--out or "
                                           "analyze(out_path=...)): values not saved")
         return ProbeResult(summary=summarize(rows), layers=rows, distributions=dists, details=details, files=files)
+
+    def _layers(self, order: list[str], modules: dict[str, nn.Module], traced: dict[str, TracedLayer],
+                ranks: dict[str, int]) -> list[tuple[dict[str, Any], np.ndarray | None]]:
+        """Every layer's (row, singular values), in ``order``. With ``reshape`` (one small
+        matrix per layer) the layers are spread over ``torch.get_num_threads()`` worker
+        threads, each with single-threaded LAPACK: multithreaded LAPACK on one matrix at a
+        time is slower for these sizes, and much slower on a busy machine
+        (benchmarks/README.md); ``fft``/``power`` parallelise inside each layer."""
+        def one(name: str):
+            interrupt.check()
+            return self._layer(name, modules[name], traced.get(name), ranks.get(name))
+
+        if self.method == "reshape":
+            return parallel_map(one, order)
+        return [one(name) for name in order]
 
     def _check_k(self, modules: dict[str, nn.Module], traced: dict[str, TracedLayer]) -> dict[str, int]:
         """For ``power``: each layer's number of singular values (the rank bound of its
