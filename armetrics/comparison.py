@@ -3,7 +3,10 @@ summary key ranks models like the RobustBench leaderboard does).
 
 ``compare(reports, out)`` writes into ``out``:
 
-- ``summary.csv``: one row per report — ``model`` (a unique label), ``source``,
+- ``summary.csv``: one row per report — ``model`` (a unique label: the model's name;
+  where names repeat, qualified by threat model ``Name (L2)``, else dataset and threat
+  model ``Name (cifar100/Linf)``, else sha256 prefix ``Name [1a2b3c4d]``, else a counter
+  ``Name #2``), ``source``,
   ``sha256`` (first 12 hex digits), ``eps``, ``eps_from``, ``data_source``, ``data_n``,
   ``data_seed``, ``data_note`` — then one column ``<probe>.<key>`` per summary key of
   every probe (the union over reports; blank where a report lacks it or the value is
@@ -12,7 +15,10 @@ summary key ranks models like the RobustBench leaderboard does).
 - one PNG per figure whose probe some report has (see :mod:`armetrics.plots`);
 - ``index.html``: the tables and figures (linked relatively: keep the folder together;
   no external CSS/JS, opens offline), rendered by :mod:`armetrics.html_page`;
-- with ``against="leaderboard"``: ``correlation.csv`` and ``correlation.png``;
+- with ``against="leaderboard"``: ``correlation.csv`` and ``correlation.png``, one Spearman
+  correlation per (dataset, threat model) group of leaderboard models, never pooled
+  (robust accuracies under Linf, L2 or corruptions are not comparable); a note names the
+  groups and their sizes;
 - ``.armetrics-compare.json``: the manifest of what this comparison wrote (name and
   sha256 of each file).
 
@@ -237,16 +243,70 @@ def order(entries: Sequence[Entry]) -> list[Entry]:
     return sorted(entries, key=key)
 
 
+def dataset_and_threat(e: Entry) -> tuple[str | None, str | None]:
+    """(dataset, threat model) of an entry: its leaderboard record's, else those named in a
+    ``robustbench:DATASET/THREAT/NAME`` source (control characters escaped: they end up
+    in labels); None where unknown."""
+    if e.leaderboard:
+        return e.leaderboard.get("dataset"), e.leaderboard.get("threat_model")
+    source = str(e.report.model.get("source") or "")
+    if source.startswith("robustbench:"):
+        from ._robustbench import parse_name  # does not import robustbench
+        from .errors import LoadError
+
+        try:
+            ds, tm, _ = parse_name(source)
+            return one_line(ds)[:40], one_line(tm)[:40]
+        except LoadError:
+            pass
+    return None, None
+
+
+def _refine(labels: list[str], new: Sequence[str | None]) -> list[str]:
+    """Replace each group of equal labels by ``new`` where ``new`` is known for the whole
+    group and not the same for all of it (a qualifier that tells them apart, at least in part)."""
+    out = list(labels)
+    for label in {x for x in labels if labels.count(x) > 1}:
+        group = [i for i, x in enumerate(labels) if x == label]
+        cand = [new[i] for i in group]
+        if None not in cand and len(set(cand)) > 1:
+            for i, c in zip(group, cand):
+                out[i] = c
+    return out
+
+
+def _counters(labels: list[str]) -> list[str]:
+    """Equal labels numbered ``#1``, ``#2``, ... (the last resort)."""
+    out = list(labels)
+    for label in {x for x in labels if labels.count(x) > 1}:
+        for k, i in enumerate([i for i, x in enumerate(labels) if x == label], 1):
+            out[i] = f"{label} #{k}"
+    return out
+
+
+def _disambiguate(name: str, dup: Sequence[Entry]) -> list[str]:
+    """Labels for entries of one name: by threat model (``Name (L2)``), then dataset and
+    threat model (``Name (cifar100/Linf)``), then the checkpoint's sha256 prefix
+    (``Name [1a2b3c4d]``), then a counter, each only for those the previous left equal."""
+    places = [dataset_and_threat(e) for e in dup]
+    labels = [name] * len(dup)
+    labels = _refine(labels, [f"{name} ({tm})" if tm else None for _, tm in places])
+    labels = _refine(labels, [f"{name} ({ds}/{tm})" if ds and tm else None for ds, tm in places])
+    shas = [one_line(str(e.report.model.get("sha256") or "")[:8]) for e in dup]
+    labels = _refine(labels, [f"{lab} [{sha}]" if sha else None for lab, sha in zip(labels, shas)])
+    return _counters(labels)
+
+
 def _labels(entries: Sequence[Entry]) -> None:
+    """A unique label per entry: the model name, qualified where names repeat (:func:`_disambiguate`)."""
     names = [one_line(str(e.report.model.get("name") or "model")) for e in entries]  # no terminal escapes
-    for e, name in zip(entries, names):
-        e.label = name
+    labels = list(names)
     for name in {n for n in names if names.count(n) > 1}:
-        dup = [e for e, n in zip(entries, names) if n == name]
-        for k, e in enumerate(dup, 1):
-            sha = str(e.report.model.get("sha256") or "")[:8]
-            e.label = f"{name} [{sha}]" if sha and len({str(d.report.model.get('sha256'))[:8] for d in dup}) == len(dup) \
-                else f"{name} #{k}"
+        idx = [i for i, n in enumerate(names) if n == name]
+        for i, label in zip(idx, _disambiguate(name, [entries[i] for i in idx])):
+            labels[i] = label
+    for e, label in zip(entries, _counters(labels)):  # a name that equals another's qualified label
+        e.label = label
 
 
 # --------------------------------------------------------------------------- table
@@ -386,30 +446,69 @@ def _plan_output(out: Path, files: dict[str, bytes], known: Sequence[str]) -> tu
 
 
 # --------------------------------------------------------------------------- correlation
-def correlation(entries: Sequence[Entry], columns: Sequence[str]) -> list[dict[str, Any]]:
-    """Spearman ρ between each summary column and the leaderboard robust accuracy, over
-    the entries that have both; strongest |ρ| first, undefined (NaN) ones last."""
+CORRELATION_COLUMNS = ("key", "dataset", "threat_model", "models", "n", "spearman_rho", "p_value", "note")
+
+
+def on_leaderboard(e: Entry) -> bool:
+    """Whether an entry has a leaderboard record with a robust accuracy."""
+    return bool(e.leaderboard) and _finite(e.leaderboard.get("robust_accuracy"))
+
+
+def leaderboard_groups(entries: Sequence[Entry]) -> dict[tuple[str, str], list[Entry]]:
+    """The entries with a leaderboard robust accuracy by (dataset, threat model): most
+    models first, then by name. Robust accuracies of different groups are not comparable
+    (another attack, radius or test set), so each group is correlated on its own."""
+    groups: dict[tuple[str, str], list[Entry]] = {}
+    for e in entries:
+        if on_leaderboard(e):
+            groups.setdefault((str(e.leaderboard.get("dataset")), str(e.leaderboard.get("threat_model"))), []).append(e)
+    return dict(sorted(groups.items(), key=lambda kv: (-len(kv[1]), kv[0])))
+
+
+def _spearman(pairs: Sequence[tuple[float, float]]) -> tuple[float, float, str]:
+    """(ρ, p-value, note) of (key value, robust accuracy) pairs; NaN with the reason when undefined."""
     from scipy.stats import spearmanr
 
+    if len(pairs) < MIN_MODELS_FOR_CORRELATION:
+        return math.nan, math.nan, (f"fewer than {MIN_MODELS_FOR_CORRELATION} models with this key and a "
+                                    f"leaderboard robust accuracy")
+    if len({x for x, _ in pairs}) == 1:
+        return math.nan, math.nan, "the key has the same value for every model"
+    if len({y for _, y in pairs}) == 1:
+        return math.nan, math.nan, "every model has the same leaderboard robust accuracy"
+    res = spearmanr([x for x, _ in pairs], [y for _, y in pairs])
+    return float(res.statistic), float(res.pvalue), ""
+
+
+def correlation(entries: Sequence[Entry], columns: Sequence[str]) -> list[dict[str, Any]]:
+    """Spearman ρ between each summary column and the leaderboard robust accuracy, per
+    (dataset, threat model) group (:func:`leaderboard_groups`), over the group's entries
+    that have the key: groups in that order, within a group strongest |ρ| first,
+    undefined (NaN) ones last."""
     out = []
-    for col in columns:
-        pairs = [(value(e, col), e.leaderboard["robust_accuracy"]) for e in entries
-                 if e.leaderboard and _finite(e.leaderboard.get("robust_accuracy")) and value(e, col) is not None]
-        n = len(pairs)
-        rho = p = math.nan
-        note = ""
-        if n < MIN_MODELS_FOR_CORRELATION:
-            note = f"fewer than {MIN_MODELS_FOR_CORRELATION} models with this key and a leaderboard robust accuracy"
-        elif len({x for x, _ in pairs}) == 1:
-            note = "the key has the same value for every model"
-        elif len({y for _, y in pairs}) == 1:
-            note = "every model has the same leaderboard robust accuracy"
-        else:
-            res = spearmanr([x for x, _ in pairs], [y for _, y in pairs])
-            rho, p = float(res.statistic), float(res.pvalue)
-        out.append({"key": col, "n": n, "spearman_rho": rho, "p_value": p, "note": note})
-    out.sort(key=lambda r: (not math.isfinite(r["spearman_rho"]), -abs(r["spearman_rho"]) if math.isfinite(r["spearman_rho"]) else 0))
+    for (dataset, threat), group in leaderboard_groups(entries).items():
+        rows = []
+        for col in columns:
+            pairs = [(value(e, col), e.leaderboard["robust_accuracy"]) for e in group if value(e, col) is not None]
+            rho, p, note = _spearman(pairs)
+            rows.append({"key": col, "dataset": dataset, "threat_model": threat, "models": len(group),
+                         "n": len(pairs), "spearman_rho": rho, "p_value": p, "note": note})
+        rows.sort(key=lambda r: (not math.isfinite(r["spearman_rho"]),
+                                 -abs(r["spearman_rho"]) if math.isfinite(r["spearman_rho"]) else 0))
+        out += rows
     return out
+
+
+def groups_note(entries: Sequence[Entry]) -> str | None:
+    """The page note naming the correlation's groups and their sizes."""
+    groups = leaderboard_groups(entries)
+    if not groups:
+        return None
+    text = ", ".join(f"{ds}/{tm} ({len(g)} model{'s' if len(g) != 1 else ''})" for (ds, tm), g in groups.items())
+    if len(groups) == 1:
+        return f"Leaderboard correlation over one (dataset, threat model) group: {text}."
+    return (f"Leaderboard correlations are computed per (dataset, threat model) group, never pooled (robust "
+            f"accuracies under different threat models or test sets are not comparable): {text}.")
 
 
 # --------------------------------------------------------------------------- main
@@ -454,23 +553,27 @@ def _draw_figures(entries: Sequence[Entry], series: Any) -> dict[str, bytes]:
 
 def _correlation_files(entries: Sequence[Entry], columns: Sequence[str], series: Any,
                        notes: list[str]) -> tuple[list[dict[str, Any]], dict[str, bytes]]:
-    """The leaderboard correlation: its rows and ``correlation.csv`` / ``correlation.png``
-    (in memory); a note names the models left out."""
+    """The leaderboard correlation per (dataset, threat model) group: its rows and
+    ``correlation.csv`` / ``correlation.png`` (in memory); notes name the groups and the
+    models left out."""
     from . import plots
 
-    missing = [e.label for e in entries if not (e.leaderboard and _finite(e.leaderboard.get("robust_accuracy")))]
+    missing = [e.label for e in entries if not on_leaderboard(e)]
     if missing:
         notes.append("Not on the leaderboard (no robustbench:DATASET/THREAT/NAME source with a robust accuracy), "
                      "left out of the correlation: " + ", ".join(missing) + ".")
+    note = groups_note(entries)
+    if note:
+        notes.append(note)
     corr_rows = correlation(entries, columns)
-    files = {"correlation.csv": _csv(["key", "n", "spearman_rho", "p_value", "note"],
-                                     corr_rows).encode("utf-8", "backslashreplace")}
+    files = {"correlation.csv": _csv(CORRELATION_COLUMNS, corr_rows).encode("utf-8", "backslashreplace")}
     by_label = {e.label: e for e in entries}
     buf = io.BytesIO()
     drawn = plots.plot_correlation(
         series, buf, corr_rows,
         values=lambda s, key: _or_nan(value(by_label[s.label], key)),
-        robust=lambda s: _or_nan((by_label[s.label].leaderboard or {}).get("robust_accuracy")))
+        robust=lambda s: _or_nan((by_label[s.label].leaderboard or {}).get("robust_accuracy")),
+        group=lambda s: dataset_and_threat(by_label[s.label]) if on_leaderboard(by_label[s.label]) else None)
     if drawn is not None:
         files["correlation.png"] = buf.getvalue()
     return corr_rows, files

@@ -32,7 +32,7 @@ import warnings
 from dataclasses import asdict, dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -43,12 +43,28 @@ from .npz import CHUNK_BYTES, MAX_DEFLATE_RATIO  # noqa: F401  (re-exported: doc
 from .npz import _Member, _nbytes, _Npz
 from .safeio import kind_of, read_bytes, read_error, regular_file, sha256_file
 
+if TYPE_CHECKING:  # pragma: no cover
+    from .preprocess import Preprocessing
+
 DEFAULT_SOURCE = "cifar10-sample"
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".ppm", ".tif", ".tiff")
 #: The PIL formats those extensions name; a file whose content is another format (EPS,
 #: which PIL renders with Ghostscript, PSD, ...) is refused, whatever its extension.
 IMAGE_FORMATS = ("PNG", "JPEG", "BMP", "WEBP", "PPM", "TIFF")
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+#: CIFAR-100's fine classes in label order (its ``meta`` file's ``fine_label_names``, which
+#: are sorted); the names of CIFAR-100-C, whose archive has no ``meta``.
+CIFAR100_CLASSES = (
+    "apple", "aquarium_fish", "baby", "bear", "beaver", "bed", "bee", "beetle", "bicycle", "bottle", "bowl", "boy",
+    "bridge", "bus", "butterfly", "camel", "can", "castle", "caterpillar", "cattle", "chair", "chimpanzee", "clock",
+    "cloud", "cockroach", "couch", "crab", "crocodile", "cup", "dinosaur", "dolphin", "elephant", "flatfish",
+    "forest", "fox", "girl", "hamster", "house", "kangaroo", "keyboard", "lamp", "lawn_mower", "leopard", "lion",
+    "lizard", "lobster", "man", "maple_tree", "motorcycle", "mountain", "mouse", "mushroom", "oak_tree", "orange",
+    "orchid", "otter", "palm_tree", "pear", "pickup_truck", "pine_tree", "plain", "plate", "poppy", "porcupine",
+    "possum", "rabbit", "raccoon", "ray", "road", "rocket", "rose", "sea", "seal", "shark", "shrew", "skunk",
+    "skyscraper", "snail", "snake", "spider", "squirrel", "streetcar", "sunflower", "sweet_pepper", "table", "tank",
+    "telephone", "television", "tiger", "tractor", "train", "trout", "tulip", "turtle", "wardrobe", "whale",
+    "willow_tree", "wolf", "woman", "worm")
 
 #: Largest image decoded, in pixels (width x height), from files and from arrays.
 MAX_IMAGE_PIXELS = 64_000_000
@@ -60,6 +76,8 @@ MAX_IMAGES = 10_000_000
 MAX_CLASSES = 1_000_000
 #: Largest CIFAR batch file read (a real one is 31 MB).
 CIFAR_BATCH_LIMIT = 1 << 30
+#: Largest CIFAR-100 ``meta`` file read (a real one is 1.6 KB).
+CIFAR_META_LIMIT = 1 << 20
 #: Largest ``classes`` array read from an .npz.
 MAX_CLASSES_BYTES = 64 << 20
 
@@ -78,9 +96,18 @@ class DataInfo:
     seed: int | None
     num_classes: int
     classes: list[str] = field(default_factory=list)
+    #: The preprocessing applied (:mod:`armetrics.preprocess` name), None for none.
+    preprocessing: str | None = None
+    #: The corruption and severity (1..5) of a CIFAR-10-C / CIFAR-100-C / ImageNet-C source.
+    corruption: str | None = None
+    severity: int | None = None
+
+    OPTIONAL = ("preprocessing", "corruption", "severity")
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """The report's data section; the optional fields only when set (so reports of
+        plain sources keep their shape)."""
+        return {k: v for k, v in asdict(self).items() if k not in self.OPTIONAL or v is not None}
 
 
 class Data:
@@ -144,8 +171,9 @@ class Data:
                 content = "decoded:" + h.hexdigest()
             h = hashlib.sha256(b"armetrics.data.fingerprint/1\n")
             h.update(content.encode() + b"\n")
-            h.update(json.dumps({"num_classes": self.num_classes, "classes": self.info.classes},
-                                sort_keys=True).encode() + b"\n")
+            described = {k: v for k, v in self.info.to_dict().items() if k in ("num_classes", "classes")
+                         or k in DataInfo.OPTIONAL}
+            h.update(json.dumps(described, sort_keys=True).encode() + b"\n")
             order = np.asarray(self.order, dtype=np.int64)
             h.update(order.astype("<i8").tobytes())
             h.update(np.asarray(self._labels[order], dtype="<i8").tobytes())
@@ -170,8 +198,30 @@ def _file_digest(path: Path, st: os.stat_result | None = None, what: str = "data
 
 
 # ------------------------------------------------------------------------- array sources
-def _array_getter(x: np.ndarray, source: str, rows: np.ndarray | None = None) -> Callable[[np.ndarray], np.ndarray]:
-    """``get`` over ``x``; ``rows``: the sorted source positions ``x`` holds (None: all)."""
+def _array_getter(x: np.ndarray, source: str, rows: np.ndarray | None = None,
+                  prep: "Preprocessing | None" = None) -> Callable[[np.ndarray], np.ndarray]:
+    """``get`` over ``x``; ``rows``: the sorted source positions ``x`` holds (None: all);
+    ``prep``: the preprocessing applied to each image as it is read."""
+    get, hwc = _raw_array_getter(x, source, rows)
+    if prep is None:
+        return (lambda idx: get(idx).transpose(0, 3, 1, 2).astype(np.float32) / 255.0) if hwc else get
+    shape = get(np.zeros(0, np.int64)).shape
+    h, w, c = shape[1:4] if hwc else (shape[2], shape[3], shape[1])
+    _check_resize(prep, f"{source}: its images", int(w), int(h))
+    out_w, out_h = prep.output_size(int(w), int(h))
+
+    def preprocessed(idx: np.ndarray) -> np.ndarray:
+        out = np.empty((len(idx), c, out_h, out_w), np.float32)
+        for j, im in enumerate(get(idx)):
+            out[j] = prep.apply_uint8(im).transpose(2, 0, 1) / np.float32(255.0) if hwc else prep.apply_float(im)
+        return out
+
+    return preprocessed
+
+
+def _raw_array_getter(x: np.ndarray, source: str, rows: np.ndarray | None) -> tuple[Callable, bool]:
+    """(``get`` of the rows of ``x`` at source positions, whether they come as uint8 N,H,W,C
+    (else float32 N,C,H,W in [0, 1]))."""
     if x.ndim != 4:
         raise _error(f"{source}: x must be 4-D (N,H,W,C uint8 or N,C,H,W float), got shape {x.shape}")
 
@@ -185,14 +235,14 @@ def _array_getter(x: np.ndarray, source: str, rows: np.ndarray | None = None) ->
 
     if x.dtype == np.uint8:
         if x.shape[-1] not in (1, 3, 4) and x.shape[1] in (1, 3, 4):
-            return lambda idx: x[pick(idx)].astype(np.float32) / 255.0  # uint8 NCHW
-        return lambda idx: x[pick(idx)].transpose(0, 3, 1, 2).astype(np.float32) / 255.0
+            return (lambda idx: x[pick(idx)].transpose(0, 2, 3, 1)), True  # uint8 NCHW
+        return (lambda idx: x[pick(idx)]), True
     if np.issubdtype(x.dtype, np.floating):
         if x.size:
             lo, hi = float(np.min(x)), float(np.max(x))  # NaN propagates: NaN images are refused
             if not (math.isfinite(lo) and math.isfinite(hi)) or lo < -1e-6 or hi > 1 + 1e-6:
                 raise _error(f"{source}: float images must lie in [0, 1], found [{lo:.3g}, {hi:.3g}]: scale them to [0, 1]")
-        return lambda idx: x[pick(idx)].astype(np.float32)
+        return (lambda idx: x[pick(idx)].astype(np.float32)), False
     raise _error(f"{source}: x has dtype {x.dtype}: use uint8 (0-255) or float in [0, 1]")
 
 
@@ -243,7 +293,8 @@ def _check_y_header(m: _Member, source: str) -> None:
                      f"reads from one source: split the data")
 
 
-def _load_npz(path: Path, name: str, n: int | None, seed: int | None, batch_size: int, packaged: bool = False) -> Data:
+def _load_npz(path: Path, name: str, n: int | None, seed: int | None, batch_size: int, packaged: bool = False,
+              prep: "Preprocessing | None" = None) -> Data:
     st = regular_file(path, "data file", DataError)
     path = Path(os.path.abspath(path))
     if st.st_size == 0:
@@ -273,7 +324,7 @@ def _load_npz(path: Path, name: str, n: int | None, seed: int | None, batch_size
         rows = np.unique(order)
         everything = len(rows) == len(y)
         x = z.read(hx) if everything else z.read_rows(hx, rows)
-    get = _array_getter(x, name, None if everything else rows)
+    get = _array_getter(x, name, None if everything else rows, prep)
     content: "str | Callable[[], str]" = ("npz:" + _file_digest(path, st)) if packaged else (
         lambda: "npz:" + _file_digest(path, st))
     num_classes = len(classes) or int(y.max()) + 1
@@ -310,28 +361,30 @@ class _SafeUnpickler(pickle._Unpickler):  # the pure-Python unpickler: its opcod
         raise pickle.UnpicklingError(f"refusing to unpickle {module}.{name}")
 
 
-def _load_cifar(path: Path, name: str, n: int | None, seed: int | None, batch_size: int) -> Data:
-    batch = path / "test_batch"
-    if not os.path.lexists(batch):
-        raise _error(f"{path} has no test_batch: point --data at the extracted cifar-10-batches-py directory")
-    if regular_file(batch, "CIFAR-10 batch", DataError).st_size == 0:  # also /proc files, never opened
-        raise _error(f"CIFAR-10 batch {batch} is empty (0 bytes): extract the archive again")
-    raw = read_bytes(batch, "CIFAR-10 batch", DataError, limit=CIFAR_BATCH_LIMIT)
-    bad = f"{batch} is not a readable CIFAR-10 batch"
+def _read_cifar_pickle(file: Path, what: str, limit: int) -> tuple[object, str, int]:
+    """(the unpickled object, its ``cifar:<sha256>`` content id, the file's size) of a
+    CIFAR python file, read whole (at most ``limit`` bytes) with :class:`_SafeUnpickler`."""
+    if regular_file(file, what, DataError).st_size == 0:  # also /proc files, never opened
+        raise _error(f"{what} {file} is empty (0 bytes): extract the archive again")
+    raw = read_bytes(file, what, DataError, limit=limit)
     try:
         d = _SafeUnpickler(io.BytesIO(raw), encoding="bytes").load()
     except Exception as exc:
-        raise _error(f"{bad} ({first_line(exc)}): extract the archive again") from None
-    content = "cifar:" + hashlib.sha256(raw).hexdigest()
-    file_size = len(raw)
-    del raw
+        raise _error(f"{file} is not a readable {what} ({first_line(exc)}): extract the archive again") from None
+    return d, "cifar:" + hashlib.sha256(raw).hexdigest(), len(raw)
+
+
+def _cifar_arrays(d: object, file: Path, what: str, label_key: str, num_classes: int,
+                  file_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """(x uint8 N,3,32,32, y int64) of an unpickled CIFAR batch, every field checked."""
+    bad = f"{file} is not a readable {what}"
     if not isinstance(d, dict):
         raise _error(f"{bad} (it holds a {type(d).__name__}, not a dict): extract the archive again")
     data = d.get(b"data", d.get("data"))
-    labels = d.get(b"labels", d.get("labels"))
+    labels = d.get(label_key.encode(), d.get(label_key))
     if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.size % 3072 or not data.size:
-        what = f"a {data.dtype} array of shape {data.shape}" if isinstance(data, np.ndarray) else type(data).__name__
-        raise _error(f"{bad} (its data is {what}, not uint8 rows of 3x32x32 pixels): extract the archive again")
+        found = f"a {data.dtype} array of shape {data.shape}" if isinstance(data, np.ndarray) else type(data).__name__
+        raise _error(f"{bad} (its data is {found}, not uint8 rows of 3x32x32 pixels): extract the archive again")
     if data.nbytes > file_size:  # an array built without its bytes (numpy's _reconstruct alone)
         raise _error(f"{bad} (its data declares {_nbytes(data.nbytes)}, more than the file holds): extract the archive again")
     count = data.size // 3072
@@ -342,12 +395,55 @@ def _load_cifar(path: Path, name: str, n: int | None, seed: int | None, batch_si
     else:
         raise _error(f"{bad} (its labels are {type(labels).__name__}, not a list of integers): extract the archive again")
     if labels_count != count:
-        raise _error(f"{batch} holds {count} images but {labels_count} labels: extract the archive again")
+        raise _error(f"{file} holds {count} images but {labels_count} labels: extract the archive again")
     if isinstance(labels, list) and not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in labels):
         raise _error(f"{bad} (its labels are not all integers): extract the archive again")
-    y = _check_labels(np.asarray(labels), str(batch), 10)
-    x = data.reshape(-1, 3, 32, 32)
-    return Data(name, y, _array_getter(x, name), 10, list(CIFAR10_CLASSES), _selection(len(y), n, seed),
+    return data.reshape(-1, 3, 32, 32), _check_labels(np.asarray(labels), str(file), num_classes)
+
+
+def _load_cifar(path: Path, name: str, n: int | None, seed: int | None, batch_size: int,
+                prep: "Preprocessing | None" = None) -> Data:
+    """CIFAR-10's ``cifar-10-batches-py``: its ``test_batch`` (10,000 images)."""
+    batch = path / "test_batch"
+    if not os.path.lexists(batch):
+        raise _error(f"{path} has no test_batch: point --data at the extracted cifar-10-batches-py directory")
+    d, content, size = _read_cifar_pickle(batch, "CIFAR-10 batch", CIFAR_BATCH_LIMIT)
+    x, y = _cifar_arrays(d, batch, "CIFAR-10 batch", "labels", 10, size)
+    return Data(name, y, _array_getter(x, name, prep=prep), 10, list(CIFAR10_CLASSES), _selection(len(y), n, seed),
+                batch_size, seed, content=content)
+
+
+def _is_cifar100(path: Path) -> bool:
+    """A ``cifar-100-python`` directory: so named, or holding the files ``test`` and ``meta``."""
+    return path.name == "cifar-100-python" or (os.path.lexists(path / "test") and os.path.lexists(path / "meta")
+                                               and not (path / "test").is_dir())
+
+
+def _cifar100_classes(meta: Path) -> list[str]:
+    """The 100 fine class names of CIFAR-100's ``meta`` file."""
+    if not os.path.lexists(meta):
+        raise _error(f"{meta.parent} has no meta (CIFAR-100's class names): point --data at the extracted "
+                     f"cifar-100-python directory")
+    d, _, _ = _read_cifar_pickle(meta, "CIFAR-100 meta file", CIFAR_META_LIMIT)
+    names = d.get(b"fine_label_names", d.get("fine_label_names")) if isinstance(d, dict) else None
+    if not (isinstance(names, list) and len(names) == 100 and all(isinstance(v, (bytes, str)) for v in names)):
+        found = f"{len(names)} items" if isinstance(names, list) else type(names).__name__
+        raise _error(f"{meta} is not a readable CIFAR-100 meta file (its fine_label_names are {found}, not 100 "
+                     f"names): extract the archive again")
+    return [v.decode("utf-8", "replace") if isinstance(v, bytes) else v for v in names]
+
+
+def _load_cifar100(path: Path, name: str, n: int | None, seed: int | None, batch_size: int,
+                   prep: "Preprocessing | None" = None) -> Data:
+    """CIFAR-100's ``cifar-100-python``: its ``test`` file (10,000 images, fine labels) and
+    the class names from ``meta``."""
+    test = path / "test"
+    if not os.path.lexists(test):
+        raise _error(f"{path} has no test file: point --data at the extracted cifar-100-python directory")
+    classes = _cifar100_classes(path / "meta")
+    d, content, size = _read_cifar_pickle(test, "CIFAR-100 file", CIFAR_BATCH_LIMIT)
+    x, y = _cifar_arrays(d, test, "CIFAR-100 file", "fine_labels", 100, size)
+    return Data(name, y, _array_getter(x, name, prep=prep), 100, classes, _selection(len(y), n, seed),
                 batch_size, seed, content=content)
 
 
@@ -455,7 +551,9 @@ def _image_size(f: Path) -> tuple[int, int]:
         return tuple(im.size)
 
 
-def _decode_image(f: Path, size: tuple[int, int]) -> np.ndarray:
+def _decode_image(f: Path, size: tuple[int, int], prep: "Preprocessing | None" = None) -> np.ndarray:
+    """The pixels of image ``f`` (uint8 H,W,3), preprocessed with ``prep``; ``size``: its
+    (width, height) when the data was loaded."""
     with _open_image(f) as im:
         if tuple(im.size) != size:
             raise _error(f"image {f} is now {im.size[0]}x{im.size[1]}, not the {size[0]}x{size[1]} it was when the "
@@ -463,13 +561,14 @@ def _decode_image(f: Path, size: tuple[int, int]) -> np.ndarray:
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", _pil().DecompressionBombWarning)
-                return np.asarray(im.convert("RGB"), dtype=np.uint8)
+                rgb = im.convert("RGB")
+                return np.asarray(rgb if prep is None else prep.apply(rgb), dtype=np.uint8)
         except Exception as exc:
             raise _undecodable(f, exc) from None
 
 
-def _common_size(path: Path, files: list[Path], sizes: dict[int, tuple[int, int]]) -> tuple[int, int]:
-    """The size the selected images share; the odd ones are named."""
+def _common_size(path: Path, files: list[Path], sizes: dict[int, tuple[int, int]], hint: str = "") -> tuple[int, int]:
+    """The size the selected images share; the odd ones are named (``hint``: appended)."""
     (common, count), = collections.Counter(sizes.values()).most_common(1)
     odd = [i for i, s in sizes.items() if s != common]
     if odd:
@@ -478,10 +577,53 @@ def _common_size(path: Path, files: list[Path], sizes: dict[int, tuple[int, int]
         them = "them" if len(odd) > 1 else "it"
         are = "is" if count == 1 else "are"
         raise _error(f"image {files[odd[0]]} is {w}x{h}{more} but {count} of the {len(sizes)} selected images {are} "
-                     f"{common[0]}x{common[1]}: resize {them} or remove {them}")
+                     f"{common[0]}x{common[1]}: resize {them} or remove {them}{hint}")
     if common[0] * common[1] > MAX_IMAGE_PIXELS:
         raise _too_big(files[next(iter(sizes))], *common)
     return common
+
+
+def _check_resize(prep: "Preprocessing", what: str, w: int, h: int) -> None:
+    """Refuse an image whose resize step would exceed :data:`MAX_IMAGE_PIXELS` (a 64,000x1
+    image resized to a shorter side of 256 px would be 4 GP)."""
+    rw, rh = prep.resized_size(w, h)
+    if rw * rh > MAX_IMAGE_PIXELS:
+        raise _error(f"{what} ({w}x{h} px) would be {rw}x{rh} ({rw * rh / 1e6:.1f} MP) after the resize of "
+                     f"{prep.name}, more than the {MAX_IMAGE_PIXELS / 1e6:.0f} MP armetrics decodes: crop it to a less "
+                     f"elongated shape or remove it")
+
+
+def _output_size(path: Path, files: list[Path], sizes: dict[int, tuple[int, int]], prep: "Preprocessing | None",
+                 hint: str = "") -> tuple[int, int]:
+    """(width, height) of the images ``get`` returns: their common size without a
+    preprocessing; with one, its output size (each image within the caps)."""
+    if prep is None:
+        return _common_size(path, files, sizes, hint)
+    for i, (w, h) in sizes.items():
+        if w * h > MAX_IMAGE_PIXELS:
+            raise _too_big(files[i], w, h)
+        _check_resize(prep, f"image {files[i]}", w, h)
+    return prep.output_size(*next(iter(sizes.values())))
+
+
+def _imagenet_labels(path: Path, labels: np.ndarray, classes: list[str]) -> tuple[np.ndarray, list[str]]:
+    """Class folders named by ILSVRC-2012 WordNet ids (any subset of the 1000) are labelled
+    with ImageNet's class indices and declare its 1000 classes; other folders keep their
+    sorted order. Mixing the two is refused."""
+    from . import imagenet
+
+    index = imagenet.class_index()
+    known = [c for c in classes if c in index]
+    if not known:
+        return labels, classes
+    if len(known) == len(classes):
+        return np.asarray([index[c] for c in classes], np.int64)[labels], list(imagenet.wnids())
+    others = [c for c in classes if c not in index and not imagenet.looks_like_wnid(c)]
+    if others:
+        more = f" and {len(others) - 1} more" if len(others) > 1 else ""
+        raise _error(f"{path} mixes ImageNet class folders ({known[0]}, ...) with other folders ({others[0]}{more}): "
+                     f"remove them (ImageNet folders are labelled with ImageNet's 1000 class indices)")
+    return labels, classes  # WordNet ids beyond ILSVRC-2012's (ImageNet-21k): a plain ImageFolder
 
 
 def _images_digest(files: list[Path], labels: np.ndarray, order: np.ndarray) -> str:
@@ -494,17 +636,21 @@ def _images_digest(files: list[Path], labels: np.ndarray, order: np.ndarray) -> 
     return "imagefolder:" + h.hexdigest()
 
 
-def _load_image_folder(path: Path, name: str, n: int | None, seed: int | None, batch_size: int) -> Data:
+def _load_image_folder(path: Path, name: str, n: int | None, seed: int | None, batch_size: int,
+                       prep: "Preprocessing | None" = None) -> Data:
     files, label_list, classes = _list_image_folder(path)
-    labels = np.asarray(label_list, dtype=np.int64)
+    labels, classes = _imagenet_labels(path, np.asarray(label_list, dtype=np.int64), classes)
     order = _selection(len(files), n, seed)
     sizes = {int(i): _image_size(files[int(i)]) for i in np.unique(order)}  # headers only
-    w, h = _common_size(path, files, sizes)
+    imagenet = len(classes) == 1000 and classes[0] == "n01440764"
+    hint = (" (or pass --preprocess, e.g. Res256Crop224, to resize and crop them as the ImageNet zoo models "
+            "expect)") if imagenet else ""
+    w, h = _output_size(path, files, sizes, prep, hint)
 
     def get(idx: np.ndarray) -> np.ndarray:
         out = np.empty((len(idx), h, w, 3), np.uint8)
         for j, i in enumerate(idx):
-            out[j] = _decode_image(files[int(i)], (w, h))
+            out[j] = _decode_image(files[int(i)], sizes[int(i)], prep)
         return out.transpose(0, 3, 1, 2).astype(np.float32) / 255.0
 
     return Data(name, labels, get, len(classes), classes, order, batch_size, seed,
@@ -525,36 +671,103 @@ def _source_name(source) -> str:
     return source
 
 
+#: What to pass for a dataset armetrics ships no sample of (a name given as ``--data``).
+DATASET_SOURCES = {
+    "cifar10": "pass --data cifar10-sample (packaged: 1,000 test images) or --data path/to/cifar-10-batches-py "
+               "(from https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz, extracted)",
+    "cifar100": "pass --data path/to/cifar-100-python (from https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz, "
+                "extracted)",
+    "imagenet": "pass --data path/to/imagenet/val (ILSVRC-2012 validation images in one folder per WordNet id, "
+                "n01440764/..., or any subset of those folders; from https://image-net.org/download-images.php)",
+    "cifar10c": "pass --data path/to/CIFAR-10-C --corruption NAME --severity 1..5 (from "
+                "https://zenodo.org/records/2535967, CIFAR-10-C.tar extracted)",
+    "cifar100c": "pass --data path/to/CIFAR-100-C --corruption NAME --severity 1..5 (from "
+                 "https://zenodo.org/records/3555552, CIFAR-100-C.tar extracted)",
+    "imagenetc": "pass --data path/to/ImageNet-C --corruption NAME --severity 1..5 (<corruption>/<severity>/<wnid>/"
+                 "*.JPEG, from https://zenodo.org/records/2235448, extracted)",
+}
+_DATASET_ALIASES = {"cifar": "cifar10", "imagenet1k": "imagenet", "ilsvrc2012": "imagenet", "imagenetval": "imagenet"}
+
+
+def no_sample_error(dataset: str) -> DataError | None:
+    """The error for a dataset name with no packaged sample (``cifar100``, ``imagenet-sample``,
+    ``CIFAR-10-C``, ...), saying what to pass; None for other names."""
+    key = re.sub(r"[-_ ]", "", dataset.strip().lower())
+    key = key[:-len("sample")] if key.endswith("sample") and key != "sample" else key
+    key = _DATASET_ALIASES.get(key, key)
+    if key not in DATASET_SOURCES:
+        return None
+    if key == "cifar10":
+        return _error(f"data source {dataset!r} is not a file or directory: {DATASET_SOURCES[key]}")
+    label = {"cifar10c": "CIFAR-10-C", "cifar100c": "CIFAR-100-C", "imagenetc": "ImageNet-C"}.get(key, key)
+    return _error(f"{label} has no packaged sample: {DATASET_SOURCES[key]}")
+
+
 def load_data(source: "str | Path | Data" = DEFAULT_SOURCE, n: int | None = None, batch_size: int = 256,
-              seed: int | None = 0) -> Data:
+              seed: int | None = 0, *, preprocess: "str | None" = None, corruption: str | None = None,
+              severity: int | None = None) -> Data:
     """Open a data source. ``n``: how many images (default all); ``seed``: which ones and
     in which order (a seeded permutation; ``None`` keeps the source's order).
+    ``preprocess``: a :mod:`armetrics.preprocess` name (``Res256Crop224``, ...; None or
+    ``"none"``: images as they are), applied to each image as it is read.
+    ``corruption``, ``severity`` (1..5): one track of a CIFAR-10-C, CIFAR-100-C or
+    ImageNet-C directory (:mod:`armetrics.corruptions`).
 
     Bad arguments raise :class:`~armetrics.errors.ConfigError`, bad sources
     :class:`~armetrics.errors.DataError`, each with a one-line message."""
     if isinstance(source, Data):
         return source
+    from . import corruptions, preprocess as preprocessing
+
     name = _source_name(source)
     if n is not None:
         n = checks.integer(n, "-n", minimum=1)
     batch_size = checks.integer(batch_size, "--batch-size", minimum=1)
     seed = checks.seed(seed)
+    prep = preprocessing.resolve(preprocess)
+    corruption, severity = corruptions.check_options(corruption, severity)
+    data = _open(name, n, seed, batch_size, prep, corruption, severity)
+    data.info.preprocessing = prep.name if prep is not None else None
+    data.info.corruption, data.info.severity = corruption, severity
+    return data
+
+
+def _open(name: str, n: int | None, seed: int | None, batch_size: int, prep: "Preprocessing | None",
+          corruption: str | None, severity: int | None) -> Data:
+    """The source ``name`` (arguments checked) as a Data: which kind of source it is decides."""
+    from . import corruptions
+
+    if name == DEFAULT_SOURCE and corruption is not None:
+        raise _error(f"the packaged {DEFAULT_SOURCE} has no corruptions: pass --data path/to/CIFAR-10-C (from "
+                     f"https://zenodo.org/records/2535967, CIFAR-10-C.tar extracted) with --corruption {corruption}")
     if name == DEFAULT_SOURCE:
         ref = resources.files("armetrics") / "_data" / "cifar10_sample.npz"
         with resources.as_file(ref) as p:
-            return _load_npz(Path(p), name, n, seed, batch_size, packaged=True)
+            return _load_npz(Path(p), name, n, seed, batch_size, packaged=True, prep=prep)
     path = Path(name)
     try:
         exists, is_dir = path.exists(), path.is_dir()
     except (OSError, ValueError) as exc:
         raise _error(f"cannot access data source {name} ({first_line(exc)}): check the path") from None
     if not exists:
-        raise _error(f"data source {name!r} does not exist: give cifar10-sample, an ImageFolder or cifar-10-batches-py "
-                     f"directory, or an .npz file")
+        raise no_sample_error(name) or _error(
+            f"data source {name!r} does not exist: give cifar10-sample, an ImageFolder, cifar-10-batches-py or "
+            f"cifar-100-python directory, or an .npz file")
+    if corruption is not None:
+        if not is_dir:
+            raise _error(f"--corruption {corruption} needs a CIFAR-10-C, CIFAR-100-C or ImageNet-C directory, not "
+                         f"{name}: pass --data path/to/CIFAR-10-C (labels.npy and one .npy per corruption) or "
+                         f"path/to/ImageNet-C")
+        return corruptions.load(path, name, corruption, severity, n, seed, batch_size, prep)
     if is_dir:
         if os.path.lexists(path / "test_batch") or path.name == "cifar-10-batches-py":
-            return _load_cifar(path, name, n, seed, batch_size)
-        return _load_image_folder(path, name, n, seed, batch_size)
+            return _load_cifar(path, name, n, seed, batch_size, prep)
+        if _is_cifar100(path):
+            return _load_cifar100(path, name, n, seed, batch_size, prep)
+        root = corruptions.root_error(path)
+        if root is not None:
+            raise root
+        return _load_image_folder(path, name, n, seed, batch_size, prep)
     if path.suffix.lower() == ".npz":
-        return _load_npz(path, name, n, seed, batch_size)
+        return _load_npz(path, name, n, seed, batch_size, prep=prep)
     raise _error(f"data source {name} is neither a directory nor an .npz file: see `armetrics analyze --help`")

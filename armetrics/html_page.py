@@ -142,18 +142,30 @@ def _figures(figures: dict[str, Path]) -> list[str]:
 
 
 def _correlation_table(corr_rows: Sequence[dict[str, Any]] | None) -> list[str]:
-    """Spearman ρ of each key with the leaderboard robust accuracy (only with a correlation)."""
+    """Spearman ρ of each key with the leaderboard robust accuracy, one table per
+    (dataset, threat model) group with its size (only with a correlation)."""
     if corr_rows is None:
         return []
-    parts = ["<h2>Rank correlation with leaderboard robust accuracy</h2><p>Spearman ρ between each summary "
-             "key and the RobustBench leaderboard's robust accuracy over the models that have both; "
-             f"undefined (–) for fewer than {MIN_MODELS_FOR_CORRELATION} models or constant values.</p>"
-             "<div class=\"scroll\"><table><tr><th class=\"k\">key</th><th>n</th><th>Spearman ρ</th>"
-             "<th>p-value</th><th class=\"k\">note</th></tr>"]
+    groups: dict[tuple, list[dict[str, Any]]] = {}
     for r in corr_rows:
-        parts.append(f"<tr><td class=\"k\">{esc(r['key'])}</td><td>{_fmt(r['n'])}</td><td>{_fmt(r['spearman_rho'])}</td>"
-                     f"<td>{_fmt(r['p_value'])}</td><td class=\"k\">{esc(r['note'])}</td></tr>")
-    parts.append("</table></div>")
+        groups.setdefault((r.get("dataset"), r.get("threat_model")), []).append(r)
+    parts = ["<h2>Rank correlation with leaderboard robust accuracy</h2><p>Spearman ρ between each summary "
+             "key and the RobustBench leaderboard's robust accuracy over the models that have both, computed "
+             "separately for each (dataset, threat model) group: robust accuracies of different groups are not "
+             "comparable, so they are never pooled. Undefined (–) for fewer than "
+             f"{MIN_MODELS_FOR_CORRELATION} models or constant values.</p>"]
+    if not groups:
+        parts.append("<p>No model of this comparison has a leaderboard robust accuracy.</p>")
+    for (dataset, threat), rows in groups.items():
+        size = rows[0].get("models", max(r["n"] for r in rows))
+        parts.append(f"<h3>{esc(str(dataset))} / {esc(str(threat))}: {size} model{'s' if size != 1 else ''}</h3>"
+                     "<div class=\"scroll\"><table><tr><th class=\"k\">key</th><th>n</th><th>Spearman ρ</th>"
+                     "<th>p-value</th><th class=\"k\">note</th></tr>")
+        for r in rows:
+            parts.append(f"<tr><td class=\"k\">{esc(r['key'])}</td><td>{_fmt(r['n'])}</td>"
+                         f"<td>{_fmt(r['spearman_rho'])}</td><td>{_fmt(r['p_value'])}</td>"
+                         f"<td class=\"k\">{esc(r['note'])}</td></tr>")
+        parts.append("</table></div>")
     return parts
 
 

@@ -14,7 +14,8 @@ TorchScript archive           code: refused unless ``trust_code=True``, then ``t
                               ``torch.load`` forced to ``weights_only=True`` and raw
                               pickles refused; the loaded graph is walked again
 full pickled ``nn.Module``    only with ``trust_pickle=True`` / ``trust_code=True``
-``robustbench:NAME``          robustbench's own loader from ``model_dir``; never downloads
+``robustbench:NAME``          built by robustbench, weights read here from ``model_dir`` as
+                              robustbench's ``load_model`` reads them; never downloads
 ============================  ==========================================================
 
 Every file is hostile until checked: it must be a regular file (never a FIFO or a
@@ -71,9 +72,20 @@ class ModelInfo:
     sha256: str | None = None
     arch: str | None = None
     notes: list[str] = field(default_factory=list)
+    #: RobustBench zoo entries (``robustbench:NAME``, ``--arch robustbench:NAME``): the
+    #: entry's dataset and threat model, and the preprocessing RobustBench evaluates it
+    #: with (an :mod:`armetrics.preprocess` name such as ``Res256Crop224``; None for CIFAR).
+    dataset: str | None = None
+    threat_model: str | None = None
+    preprocessing: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """The report's ``model`` section; the zoo fields only where they are set."""
+        out = asdict(self)
+        for key in ("dataset", "threat_model", "preprocessing"):
+            if out[key] is None:
+                del out[key]
+        return out
 
 
 def _show(path: Any) -> str:
@@ -394,14 +406,15 @@ def build_arch(spec: str, arch_kwargs: dict | None = None, *, dataset: str = "ci
     return model
 
 
-def extract_state_dict(obj: Any) -> dict[str, torch.Tensor] | None:
-    """The tensors of a state_dict or of a checkpoint dict wrapping one, else None."""
+def extract_state_dict(obj: Any, keys: Sequence[str] = CHECKPOINT_KEYS) -> dict[str, torch.Tensor] | None:
+    """The tensors of a state_dict or of a checkpoint dict wrapping one (under one of
+    ``keys``, tried in order, nested up to three deep), else None."""
     if not isinstance(obj, dict):
         return None
     for _ in range(3):
         if obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
             return obj
-        inner = next((obj[k] for k in CHECKPOINT_KEYS if isinstance(obj.get(k), dict)), None)
+        inner = next((obj[k] for k in keys if isinstance(obj.get(k), dict)), None)
         if inner is None:
             break
         obj = inner
@@ -431,29 +444,37 @@ def align_keys(state: dict[str, torch.Tensor], expected: Sequence[str]) -> dict[
     return best
 
 
-def load_state_into(model: nn.Module, state: dict[str, torch.Tensor], *, source: str) -> nn.Module:
-    """``load_state_dict(strict=True)`` with an error listing missing, unexpected and
-    mis-shaped keys."""
+def check_fits(model: nn.Module, state: dict[str, torch.Tensor], *, source: str,
+               fix: str = "check --arch and --arch-kwargs") -> None:
+    """LoadError listing missing, unexpected and mis-shaped keys (first four of each)
+    when ``state`` does not fit ``model`` key for key; nothing when it does."""
     expected = model.state_dict()
-    state = align_keys(state, expected.keys())
     missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected]
     shapes = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in expected.items()
               if k in state and tuple(state[k].shape) != tuple(v.shape)]
-    if missing or unexpected or shapes:
-        def show(items):
-            return ", ".join(items[:4]) + (f" (+{len(items) - 4} more)" if len(items) > 4 else "")
-        parts = []
-        if missing:
-            parts.append(f"missing keys: {show(missing)}")
-        if unexpected:
-            parts.append(f"unexpected keys: {show(unexpected)}")
-        if shapes:
-            parts.append(f"shape mismatches (file vs arch): {show(shapes)}")
-        raise LoadError(one_line(
-            f"{source} does not fit the architecture — {'; '.join(parts)}: "
-            f"check --arch and --arch-kwargs"
-        ))
+    if not (missing or unexpected or shapes):
+        return
+
+    def show(items):
+        return ", ".join(items[:4]) + (f" (+{len(items) - 4} more)" if len(items) > 4 else "")
+
+    parts = []
+    if missing:
+        parts.append(f"missing keys: {show(missing)}")
+    if unexpected:
+        parts.append(f"unexpected keys: {show(unexpected)}")
+    if shapes:
+        parts.append(f"shape mismatches (file vs arch): {show(shapes)}")
+    raise LoadError(one_line(f"{source} does not fit the architecture — {'; '.join(parts)}: {fix}"))
+
+
+def load_state_into(model: nn.Module, state: dict[str, torch.Tensor], *, source: str,
+                    fix: str = "check --arch and --arch-kwargs") -> nn.Module:
+    """``load_state_dict(strict=True)`` after :func:`align_keys`, with an error listing
+    missing, unexpected and mis-shaped keys (:func:`check_fits`)."""
+    state = align_keys(state, model.state_dict().keys())
+    check_fits(model, state, source=source, fix=fix)
     model.load_state_dict(state, strict=True)
     return model
 
@@ -681,10 +702,22 @@ def _load_file(path, arch, arch_kwargs, trusted, device, dataset, threat_model):
             f"pass --arch SPEC (package.module:callable, file.py:callable or robustbench:NAME)"
         )
     model = build_arch(arch, arch_kwargs, dataset=dataset, threat_model=threat_model)
+    if arch.startswith("robustbench:"):
+        _zoo_fields(info, arch, dataset, threat_model)
     return load_state_into(model, state, source=shown), info
 
 
+def _zoo_fields(info: ModelInfo, spec: str, dataset: str, threat_model: str) -> None:
+    """Record a zoo entry's dataset, threat model and RobustBench preprocessing on ``info``."""
+    ds, tm, name = _robustbench.parse_name(spec, dataset, threat_model)
+    info.dataset, info.threat_model = ds, tm
+    info.preprocessing = _robustbench.preprocessing(name, ds, tm)
+
+
 def _load_robustbench(source, model_dir, dataset, threat_model, trusted):
+    """A zoo entry built as robustbench builds it, its weight files read here (every
+    check of :func:`_check_file`, ``weights_only`` unless trusted) and placed as
+    robustbench places them (:func:`armetrics._robustbench.load`)."""
     ds, tm, name = _robustbench.parse_name(source, dataset, threat_model)
     paths = _robustbench.weight_paths(name, model_dir, ds, tm)
     for p in paths:
@@ -693,14 +726,20 @@ def _load_robustbench(source, model_dir, dataset, threat_model, trusted):
     sha = sha256_file(paths[0], "checkpoint", LoadError) if paths[0].is_file() else None
     info = ModelInfo(source=f"robustbench:{ds}/{tm}/{name}", name=name, format="robustbench",
                      sha256=sha, arch=f"robustbench:{ds}/{tm}/{name}")
+    _zoo_fields(info, info.source, ds, tm)
+    cpu = torch.device("cpu")
+
+    def read(path: Path) -> Any:  # every path passed _check_file above
+        return _torch_load(path, trusted, cpu)
+
     try:
         with _quiet(), _guarded_loads(trusted, _show(paths[0])):
-            model = _robustbench.load(name, model_dir, ds, tm)
+            model = _robustbench.load(name, model_dir, ds, tm, read)
     except ArmetricsError:
         raise
     except pickle.UnpicklingError as exc:
         raise _unsafe_error(paths[0], exc) from None
-    except (RuntimeError, EOFError, OSError, ValueError, KeyError) as exc:
-        raise LoadError(f"{_show(paths[0])} could not be loaded by robustbench ({one_line(first_line(exc))}): "
-                        f"download it again") from None
+    except (RuntimeError, EOFError, OSError, ValueError, KeyError, TypeError, AttributeError, IndexError) as exc:
+        raise LoadError(f"{_show(paths[0])} could not be loaded as RobustBench's {name} ({type(exc).__name__}: "
+                        f"{one_line(first_line(exc))}): download it again") from None
     return model, info

@@ -8,7 +8,10 @@ when no report has the probe or keys the figure needs. Missing keys, ``None``
 
 Figures are drawn on :class:`matplotlib.figure.Figure` with the Agg canvas (no
 pyplot, no display, no global backend switch), constrained layout, and one legend
-outside the axes so it never covers data. ``path`` may also be a binary file object
+outside the axes so it never covers data: right of the plots while it is no taller than
+they are, else below them in several columns, the figure grown to hold it whole (legend
+sizes measured by the renderer; readable for ~100 models). A scatter axis whose values
+are all positive and span more than :data:`LOG_RATIO` is logarithmic (:func:`wants_log`). ``path`` may also be a binary file object
 (the PNG is written into it; :func:`armetrics.comparison.compare` draws into memory).
 
 Text taken from reports (model names, layer names, summary keys, option values) is
@@ -38,6 +41,11 @@ DPI = 110
 MAX_NAMED_TICKS = 24  # more layers than this: numeric depth ticks only
 MAX_TEXT = 60  # longest text from a report shown in a figure (legend labels, titles, ticks)
 MAX_PANELS = 48  # spectrum_distribution: panels for at most this many models
+LEGEND_SIZE = 9.0  # legend font size (points)
+LEGEND_PAD = 0.25  # inches around a legend
+MAX_LEGEND_ROWS = 24  # a legend below the plots gets enough columns for at most this many rows...
+MAX_WIDTH = 16.0  # ...as long as the figure need not grow wider than this (inches); then it grows taller
+LOG_RATIO = 100.0  # a scatter axis is logarithmic when its values are all > 0 and max/min exceeds this
 
 
 @dataclass
@@ -86,45 +94,70 @@ def shown(text: Any, limit: int = MAX_TEXT) -> str:
 
 
 def _figure(nrows: int = 1, ncols: int = 1, *, width: float = 6.4, height: float = 4.2, **kw):
-    """A figure of ``width`` x ``height`` inches of plots plus a legend column on the
-    right (sized in :func:`_save`). Returns the plots' subfigure (call ``suptitle`` on
-    it: the title is centred over the plots, never over the legend) and the axes."""
+    """A figure of ``width`` x ``height`` inches of plots, with room for the legend on
+    the right and below (sized in :func:`_save`). Returns the plots' subfigure (call
+    ``suptitle`` on it: the title is centred over the plots, never over the legend) and
+    the axes."""
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(width + 2.0, height), dpi=DPI, layout="constrained")
-    main, side = fig.subfigures(1, 2, width_ratios=[width, 2.0], wspace=0.0)
-    main.armetrics_legend = side
-    main.armetrics_width = width
+    fig = Figure(figsize=(width + 2.0, height + 0.05), dpi=DPI, layout="constrained")
+    grid = fig.add_gridspec(2, 2, width_ratios=[width, 2.0], height_ratios=[height, 0.05], wspace=0.0, hspace=0.0)
+    main = fig.add_subfigure(grid[0, 0])
+    main.armetrics_legend = fig.add_subfigure(grid[0, 1])
+    main.armetrics_below = fig.add_subfigure(grid[1, :])
+    main.armetrics_grid = grid
+    main.armetrics_size = (width, height)
     axes = main.subplots(nrows, ncols, squeeze=False, **kw)
     return main, axes
 
 
-def _text_width(text: str, size: float) -> float:
-    """Width of ``text`` in points at font ``size`` (default font), without a renderer."""
-    from matplotlib.font_manager import FontProperties
-    from matplotlib.textpath import TextToPath
+def _legend_size(where, handles: list, labels: list[str], ncol: int, title: str, **kw) -> tuple[Any, float, float]:
+    """A legend drawn on the subfigure ``where`` and its (width, height) in inches,
+    measured by the renderer (what the PNG will show)."""
+    leg = where.legend(handles, labels, frameon=False, ncol=ncol, title=title, fontsize=LEGEND_SIZE,
+                       title_fontsize=LEGEND_SIZE + 1, borderaxespad=0.2, **kw)
+    box = leg.get_window_extent(where.figure.canvas.get_renderer())
+    return leg, box.width / DPI, box.height / DPI
 
-    return TextToPath().get_text_width_height_descent(text, FontProperties(size=size), ismath=False)[0]
+
+def _place_legend(main, handles: list, labels: list[str], title: str) -> tuple[float, float]:
+    """Put the legend where it fits whole: on the right of the plots in one or two
+    columns while it is no taller than they are, else below them in as many columns as
+    the width allows (the figure widened to :data:`MAX_WIDTH` inches for at most
+    :data:`MAX_LEGEND_ROWS` rows, and as tall as the legend needs). Returns the room it
+    takes: (width on the right, height below), in inches."""
+    width, height = main.armetrics_size
+    side, below = main.armetrics_legend, main.armetrics_below
+    for ncol in (1, 2):
+        leg, w, h = _legend_size(side, handles, labels, ncol, title, loc="upper left")
+        if h <= height - 0.2:
+            return w + LEGEND_PAD, 0.0
+        leg.remove()
+    leg, col, _ = _legend_size(below, handles, labels, 1, title, loc="upper center")
+    leg.remove()
+    wanted = math.ceil(len(labels) / MAX_LEGEND_ROWS)
+    total = max(width, min(MAX_WIDTH, wanted * col + LEGEND_PAD))
+    ncol = max(1, min(len(labels), int((total - LEGEND_PAD) // col)))
+    _, w, h = _legend_size(below, handles, labels, ncol, title, loc="upper center")
+    main.armetrics_size = (max(total, w + LEGEND_PAD), height)
+    return 0.0, h + LEGEND_PAD
 
 
 def _save(main, path: Path, handles: list, labels: list[str], title: str = "model") -> Path:
-    """Put the legend in its own column, as wide as its longest label, and write the PNG."""
+    """Place the legend (:func:`_place_legend`), size the figure around plots and legend,
+    and write the PNG."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
 
-    fig, side = main.figure, main.armetrics_legend
-    legend_width = 0.05
-    if handles:
-        size = 9.0
-        ncol = 1 if len(labels) <= 14 else 2
-        labels = [shown(t) for t in labels]
-        widest = max(_text_width(t, size) for t in [*labels, title])
-        legend_width = ncol * (widest + 3.6 * size) / 72 + 0.25
-        side.legend(handles, labels, loc="upper left", frameon=False, ncol=ncol, title=title, fontsize=size,
-                    title_fontsize=size + 1, borderaxespad=0.2)
-    width = main.armetrics_width
-    main._subplotspec.get_gridspec().set_width_ratios([width, legend_width])
-    fig.set_size_inches(width + legend_width, fig.get_figheight())
+    fig = main.figure
     FigureCanvasAgg(fig)
+    right, under = 0.05, 0.05
+    if handles:
+        right, under = _place_legend(main, handles, [shown(t) for t in labels], title)
+        right, under = max(right, 0.05), max(under, 0.05)
+    width, height = main.armetrics_size
+    main.armetrics_grid.set_width_ratios([width, right])
+    main.armetrics_grid.set_height_ratios([height, under])
+    fig.set_size_inches(width + right, height + under)
     fig.savefig(path, dpi=DPI, format="png")
     return Path(path) if isinstance(path, (str, os.PathLike)) else path
 
@@ -165,23 +198,33 @@ def _depth_axis(ax, names_per_model: list[list[str]], xlabel: str) -> None:
         ax.set_xlabel(f"{xlabel} (depth index)")
 
 
-def _log_axis(ax, values: Sequence[float] = ()) -> None:
-    """Log y scale with plain-number tick labels (1, 2, 5, 10, ... over at most three
-    decades of ``values``, else powers of ten), no 2x10^0 clutter."""
+def _log_axis(ax, values: Sequence[float] = (), axis: str = "y") -> None:
+    """Log scale on ``axis`` (``"x"`` or ``"y"``) with plain-number tick labels (1, 2, 5,
+    10, ... over at most three decades of ``values``, else powers of ten), no 2x10^0 clutter."""
     from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
     finite = [v for v in values if math.isfinite(v) and v > 0]
     decades = math.log10(max(finite) / min(finite)) if finite else 0.0
     subs = (1.0, 2.0, 5.0) if decades <= 3 else (1.0,)
-    ax.set_yscale("log")
-    ax.yaxis.set_major_locator(LogLocator(base=10, subs=subs, numticks=12))
-    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _pos: f"{v:g}"))
-    ax.yaxis.set_minor_formatter(NullFormatter())
+    target = ax.yaxis if axis == "y" else ax.xaxis
+    (ax.set_yscale if axis == "y" else ax.set_xscale)("log")
+    target.set_major_locator(LogLocator(base=10, subs=subs, numticks=12))
+    target.set_major_formatter(FuncFormatter(lambda v, _pos: f"{v:g}"))
+    target.set_minor_formatter(NullFormatter())
 
 
 def _log_ok(values: list[float]) -> bool:
+    """Per-layer curves: log y when every finite value is > 0 and max/min > 20."""
     finite = [v for v in values if math.isfinite(v)]
     return bool(finite) and min(finite) > 0 and max(finite) / min(finite) > 20
+
+
+def wants_log(values: Sequence[float], ratio: float = LOG_RATIO) -> bool:
+    """Scatter axes (``correlation.png``): logarithmic when every finite value is > 0 and
+    they span more than ``ratio`` (two decades), so that one outlier does not flatten
+    the others against an end of a linear axis."""
+    finite = [v for v in values if math.isfinite(v)]
+    return len(finite) >= 2 and min(finite) > 0 and max(finite) / min(finite) > ratio
 
 
 # --------------------------------------------------------------------------- per-layer lines
@@ -543,38 +586,84 @@ def plot_accuracy_robust(series: Sequence[Series], path: Path,
     return _save(fig, path, handles, labels)
 
 
+def _correlation_panels(rows: Sequence[dict[str, Any]], top: int) -> list[dict[str, Any]]:
+    """The rows to scatter: per (dataset, threat model) group, in the rows' order, the
+    ``top`` keys with the strongest finite ρ (2 per group when there are several groups)."""
+    groups: dict[tuple, list[dict[str, Any]]] = {}
+    for r in rows:
+        groups.setdefault((r.get("dataset"), r.get("threat_model")), []).append(r)
+    per = top if len(groups) == 1 else min(top, 2)
+    return [r for g in groups.values() for r in [r for r in g if math.isfinite(_num(r.get("spearman_rho")))][:per]]
+
+
+def _scatter_key(ax, series: Sequence[Series], row: dict[str, Any], values: Callable[[Series, str], float],
+                 robust: Callable[[Series], float], group: Callable[[Series], Any] | None,
+                 handles: list, labels: list[str]) -> None:
+    """One panel of :func:`plot_correlation`: the models of ``row``'s group, key vs
+    leaderboard robust accuracy (log x when :func:`wants_log`)."""
+    place = (row.get("dataset"), row.get("threat_model"))
+    xs = []
+    for s in series:
+        if group is not None and place != (None, None) and tuple(group(s) or ()) != place:
+            continue
+        x, y = values(s, row["key"]), robust(s)
+        if not (math.isfinite(x) and math.isfinite(y)):
+            continue
+        xs.append(x)
+        h = ax.scatter([x], [y], color=s.colour, marker=s.marker, s=50, edgecolors="black", linewidths=0.5)
+        if s.label not in labels:
+            handles.append(h)
+            labels.append(s.label)
+    if wants_log(xs):
+        _log_axis(ax, xs, axis="x")
+    ax.set_xlabel(shown(row["key"]) + (" (log scale)" if wants_log(xs) else ""))
+    where = f"{place[0]}/{place[1]}: " if place != (None, None) else ""
+    ax.set_title(f"{where}Spearman ρ = {row['spearman_rho']:.2f}  (n = {row['n']})", fontsize=10)
+    ax.grid(True, alpha=0.3)
+
+
 @literal_text
 def plot_correlation(series: Sequence[Series], path: Path, rows: Sequence[dict[str, Any]],
                      values: Callable[[Series, str], float], robust: Callable[[Series], float],
-                     top: int = 4) -> Path | None:
-    """Scatter of the ``top`` summary keys with the strongest finite Spearman |ρ| against
-    leaderboard robust accuracy (``rows`` as in correlation.csv, strongest first)."""
-    best = [r for r in rows if math.isfinite(_num(r.get("spearman_rho")))][:top]
+                     top: int = 4, group: Callable[[Series], Any] | None = None) -> Path | None:
+    """Scatter of the summary keys with the strongest finite Spearman |ρ| against
+    leaderboard robust accuracy (``rows`` as in correlation.csv, strongest first within
+    each (dataset, threat model) group): the ``top`` keys of a single group, 2 keys per
+    group (one row of panels each) when there are several; ``group(series)`` gives a
+    model's (dataset, threat model), and a panel shows only its group's models."""
+    best = _correlation_panels(rows, top)
     if not best:
         return None
-    ncols = min(len(best), 2)
-    nrows = math.ceil(len(best) / ncols)
-    fig, axes = _figure(nrows, ncols, width=4.4 * ncols, height=3.6 * nrows + 0.6)
+    per_group: dict[tuple, int] = {}
+    for r in best:
+        per_group[(r.get("dataset"), r.get("threat_model"))] = per_group.get((r.get("dataset"), r.get("threat_model")), 0) + 1
+    several = len(per_group) > 1
+    ncols = max(per_group.values()) if several else min(len(best), 2)
+    nrows = len(per_group) if several else math.ceil(len(best) / ncols)
+    fig, axes = _figure(nrows, ncols, width=max(4.4 * ncols, 6.0), height=3.6 * nrows + 0.6)
+    slots = _panel_slots(best, ncols) if several else list(range(len(best)))
     handles, labels = [], []
-    for ax, row in zip(axes.flat, best):
-        key = row["key"]
-        for s in series:
-            x, y = values(s, key), robust(s)
-            if not (math.isfinite(x) and math.isfinite(y)):
-                continue
-            h = ax.scatter([x], [y], color=s.colour, marker=s.marker, s=50, edgecolors="black", linewidths=0.5)
-            if s.label not in labels:
-                handles.append(h)
-                labels.append(s.label)
-        ax.set_xlabel(shown(key))
-        ax.set_title(f"Spearman ρ = {row['spearman_rho']:.2f}  (n = {row['n']})", fontsize=10)
-        ax.grid(True, alpha=0.3)
+    for slot, row in zip(slots, best):
+        _scatter_key(axes.flat[slot], series, row, values, robust, group, handles, labels)
+    for i, ax in enumerate(axes.flat):
+        ax.set_visible(i in slots)
     for ax in axes[:, 0]:
         ax.set_ylabel("leaderboard robust accuracy")
-    for ax in axes.flat[len(best):]:
-        ax.set_visible(False)
-    fig.suptitle("Summary keys most rank-correlated with leaderboard robust accuracy")
+    fig.suptitle("Summary keys most rank-correlated with" + (" " if ncols > 1 else "\n")
+                 + "leaderboard robust accuracy" + (", per dataset / threat model" if several else ""))
     return _save(fig, path, handles, labels)
+
+
+def _panel_slots(best: Sequence[dict[str, Any]], ncols: int) -> list[int]:
+    """Panel index of each row: one row of panels per (dataset, threat model) group."""
+    slots, groups = [], []
+    for r in best:
+        g = (r.get("dataset"), r.get("threat_model"))
+        if g not in groups:
+            groups.append(g)
+        slots.append(groups.index(g) * ncols + sum(1 for s, b in zip(slots, best)
+                                                   if (b.get("dataset"), b.get("threat_model")) == g))
+    return slots
 
 
 #: figure file name -> drawing function (each returns None when its data are absent)

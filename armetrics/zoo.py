@@ -6,7 +6,9 @@ Two sources, joined:
   importing it takes ~15 s), through :mod:`armetrics._robustbench`;
 - RobustBench's leaderboard records (``model_info/`` at commit 78fcc9e, MIT licence)
   shipped as ``armetrics/_data/robustbench-model-info.json`` — read without importing
-  robustbench, so :func:`lookup` and leaderboard correlation are fast.
+  robustbench, so :func:`lookup` and leaderboard correlation are fast. One record per
+  (dataset, threat model, model): a file that repeats a key is refused
+  (:func:`index_leaderboard`); it is built by :mod:`armetrics._leaderboard_build`.
 
 Leaderboard accuracies are published as percent strings (``"59.53"``); here they are
 fractions in [0, 1], like every accuracy in an armetrics report. The *robust accuracy*
@@ -31,7 +33,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigError
+from .errors import ConfigError, DataError
 
 LEADERBOARD_FILE = "robustbench-model-info.json"
 #: leaderboard fields holding robust accuracy, in order of preference
@@ -109,14 +111,41 @@ def _record(raw: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-@functools.lru_cache(maxsize=1)
-def _leaderboard() -> dict[tuple[str, str, str], dict[str, Any]]:
-    text = resources.files("armetrics").joinpath("_data", LEADERBOARD_FILE).read_text(encoding="utf-8")
+def duplicate_keys(raws: list[dict[str, Any]]) -> list[tuple[Any, Any, Any]]:
+    """The ``(dataset, threat_model, model)`` keys that more than one raw record has, in
+    first-seen order."""
+    seen: set = set()
+    dups: list = []
+    for raw in raws:
+        key = (raw.get("dataset"), raw.get("threat_model"), raw.get("model"))
+        if key in seen and key not in dups:
+            dups.append(key)
+        seen.add(key)
+    return dups
+
+
+def index_leaderboard(text: str, origin: str = LEADERBOARD_FILE) -> dict[tuple[str, str, str], dict[str, Any]]:
+    """Parsed records of a leaderboard file's text by ``(dataset, threat_model, name)``.
+    DataError naming the key when two records share one (a wrong build: one of them
+    belongs to another dataset, and keeping either would show wrong numbers)."""
+    raws = json.loads(text)["models"]
+    dups = duplicate_keys(raws)
+    if dups:
+        more = f" (and {len(dups) - 1} more)" if len(dups) > 1 else ""
+        raise DataError(f"{origin}: the leaderboard key {'/'.join(map(str, dups[0]))} has more than one record{more}: "
+                        f"rebuild the file with python -m armetrics._leaderboard_build (armetrics/_data/README.md)")
     out = {}
-    for raw in json.loads(text)["models"]:
+    for raw in raws:
         rec = _record(raw)
         out[(rec["dataset"], rec["threat_model"], rec["name"])] = rec
     return out
+
+
+@functools.lru_cache(maxsize=1)
+def _leaderboard() -> dict[tuple[str, str, str], dict[str, Any]]:
+    """The shipped leaderboard, indexed (read once)."""
+    text = resources.files("armetrics").joinpath("_data", LEADERBOARD_FILE).read_text(encoding="utf-8")
+    return index_leaderboard(text)
 
 
 def leaderboard(dataset: str | None = None, threat_model: str | None = None) -> list[dict[str, Any]]:
@@ -143,41 +172,41 @@ def lookup(source: str, dataset: str = "cifar10", threat_model: str = "Linf") ->
 
 
 def zoo(dataset: str = "cifar10", threat_model: str = "Linf", model_dir: str | Path = "models") -> list[dict[str, Any]]:
-    """The models robustbench can build for ``dataset``/``threat_model``, left-joined with
-    the leaderboard, sorted by name.
+    """The models of robustbench's zoo for ``dataset``/``threat_model`` (either may be
+    ``all``: every dataset / threat model of its ``model_dicts``, in its order), left-joined
+    with the leaderboard, sorted by name within each dataset and threat model.
 
-    Each row: ``name``, ``architecture``, ``venue``, ``eps``, ``clean_accuracy``,
-    ``robust_accuracy`` (fractions, None when the leaderboard has no record),
-    ``robust_metric``, ``additional_data``, ``on_leaderboard``, ``weights_present`` (every
-    weight file robustbench would read is in ``model_dir``) and ``weight_paths``.
+    Each row: ``name``, ``source``, ``dataset``, ``threat_model``, ``architecture``,
+    ``venue``, ``eps``, ``clean_accuracy``, ``robust_accuracy`` (fractions, None when the
+    leaderboard has no record), ``robust_metric``, ``additional_data``, ``on_leaderboard``,
+    ``preprocessing`` (RobustBench's, None for CIFAR), ``weights_present`` (every weight
+    file robustbench would read is in ``model_dir``), ``weight_paths``, ``weight_sources``
+    (where robustbench downloads each file from; None where it records none) and
+    ``missing_weights`` (``{"path", "source"}`` of each file not in ``model_dir``).
     Imports robustbench (slow, offline); never downloads.
     """
     from . import _robustbench
 
-    with warnings.catch_warnings():  # robustbench's import-time deprecation chatter
-        warnings.simplefilter("ignore")
-        names = _robustbench.zoo_names(dataset, threat_model)
     board = _leaderboard()
     rows = []
-    for name in names:
-        rec = board.get((dataset, threat_model, name))
-        paths = _robustbench.weight_paths(name, model_dir, dataset, threat_model)
-        row = {
-            "name": name,
-            "source": f"robustbench:{dataset}/{threat_model}/{name}",
-            "on_leaderboard": rec is not None,
-        }
-        for key in ("architecture", "venue", "eps", "clean_accuracy", "robust_accuracy", "robust_metric",
-                    "additional_data"):
-            row[key] = rec.get(key) if rec else None
-        row["weights_present"] = all(p.is_file() for p in paths)
-        row["weight_paths"] = [str(p) for p in paths]
-        rows.append(row)
+    with warnings.catch_warnings():  # robustbench's import-time deprecation chatter
+        warnings.simplefilter("ignore")
+        for ds, tm in _robustbench.zoo_pairs(dataset, threat_model):
+            for name in _robustbench.zoo_names(ds, tm):
+                rec = board.get((ds, tm, name))
+                row = {"name": name, "source": f"robustbench:{ds}/{tm}/{name}", "dataset": ds, "threat_model": tm,
+                       "on_leaderboard": rec is not None}
+                for key in ("architecture", "venue", "eps", "clean_accuracy", "robust_accuracy", "robust_metric",
+                            "additional_data"):
+                    row[key] = rec.get(key) if rec else None
+                row.update(_robustbench.entry_files(name, model_dir, ds, tm))
+                rows.append(row)
     return rows
 
 
 def format_table(rows: list[dict[str, Any]]) -> str:
-    """A plain-text table of :func:`zoo` rows (accuracies in percent)."""
+    """A plain-text table of :func:`zoo` rows (accuracies in percent); ``dataset`` and
+    ``threat`` columns first when the rows span more than one of them."""
     def pct(v):
         return "-" if v is None else f"{100 * v:.2f}"
 
@@ -190,8 +219,12 @@ def format_table(rows: list[dict[str, Any]]) -> str:
     header = ("name", "architecture", "eps", "clean%", "robust%", "weights", "venue")
     body = [(r["name"], r["architecture"] or "-", eps(r["eps"]), pct(r["clean_accuracy"]), pct(r["robust_accuracy"]),
              "yes" if r["weights_present"] else "no", r["venue"] or "-") for r in rows]
-    widths = [max(len(str(c)) for c in col) for col in zip(header, *body)]
     right = {2, 3, 4}
+    if len({(r.get("dataset"), r.get("threat_model")) for r in rows}) > 1:  # --dataset/--threat-model all
+        header = ("dataset", "threat", *header)
+        body = [(r.get("dataset") or "-", r.get("threat_model") or "-", *line) for r, line in zip(rows, body)]
+        right = {i + 2 for i in right}
+    widths = [max(len(str(c)) for c in col) for col in zip(header, *body)]
     lines = []
     for row in [header, *body]:
         cells = [str(c).rjust(w) if i in right else str(c).ljust(w) for i, (c, w) in enumerate(zip(row, widths))]

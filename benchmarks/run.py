@@ -240,6 +240,64 @@ def bench_spectrum_reshape(args) -> list[dict]:
                 f"{to:.2f}s", ratio, "<= 0.25x", ratio <= 0.25)]
 
 
+#: the largest zoo architectures: WRN-70-16 (267M), WRN-106-16 (415M), ResNeSt-152 (cifar10 Linf entries)
+LARGE_ZOO = ("Gowal2020Uncovering_70_16", "Rebuffi2021Fixing_106_16_cutmix_ddpm", "Sehwag2021Proxy_ResNest152")
+
+WW_CHILD = """
+import logging, sys, warnings
+warnings.filterwarnings("ignore")
+import torch
+from armetrics._robustbench import architecture
+import weightwatcher as ww
+logging.getLogger("weightwatcher").setLevel(logging.ERROR)
+model = architecture(sys.argv[1]).eval()
+model.load_state_dict(torch.load(sys.argv[2], weights_only=True))
+ww.WeightWatcher(model=model).analyze()
+"""
+
+
+def _whole_process(cmd: list[str]) -> float:
+    """Wall seconds of a fresh process running ``cmd`` (imports, loading and all)."""
+    t = time.perf_counter()
+    subprocess.run(cmd, check=True, capture_output=True, text=True)
+    return time.perf_counter() - t
+
+
+@bench("spectrum_zoo_large")
+def bench_spectrum_zoo_large(args) -> list[dict]:
+    """Whole-process ``armetrics analyze FILE --arch robustbench:NAME --probes spectrum``
+    vs a process loading the same file into the same architecture and running
+    WeightWatcher 0.7.7 ``analyze()``, on the largest zoo architectures (random weights)."""
+    import importlib.util
+
+    if importlib.util.find_spec("weightwatcher") is None:
+        return [row("spectrum, largest zoo entries", "weightwatcher not installed (pip install weightwatcher==0.7.7)",
+                    "", None, "<= 0.25x", False, "baseline missing")]
+    import tempfile
+
+    from armetrics._robustbench import architecture
+
+    rows = []
+    names = LARGE_ZOO[:1] if args.quick else LARGE_ZOO
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in names:
+            torch.manual_seed(0)
+            model = architecture(name).eval()
+            params = sum(p.numel() for p in model.parameters())
+            path = Path(tmp) / f"{name}.pt"
+            torch.save(model.state_dict(), path)
+            del model
+            ours = [sys.executable, "-m", "armetrics", "analyze", str(path), "--arch", f"robustbench:{name}",
+                    "--probes", "spectrum", "--quiet", "--out", str(Path(tmp) / "r.json")]
+            baseline = [sys.executable, "-c", WW_CHILD, name, str(path)]
+            tb, to = interleaved(lambda: _whole_process(baseline), lambda: _whole_process(ours), 1)
+            rows.append(row(f"spectrum default, whole process, {name} ({params / 1e6:.0f}M params)",
+                            f"WeightWatcher 0.7.7 analyze() {tb:.1f}s", f"{to:.1f}s", to / tb, "<= 0.25x",
+                            to / tb <= 0.25))
+            path.unlink()
+    return rows
+
+
 def _conv_layers(model, quick: bool):
     """(module, input HxW) of every Conv2d with a kernel > 1x1 (1x1 convs need no FFT);
     --quick keeps one conv per input size."""

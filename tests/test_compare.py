@@ -387,3 +387,102 @@ def test_unknown_against_is_a_config_error(tmp_path):
 
 def test_compare_does_not_modify_reports(result):
     assert result.unchanged
+
+
+# --------------------------------------------------------------------------- issue 17: groups and labels
+def board_record(dataset: str, threat: str, name: str) -> dict:
+    (rec,) = [r for r in raw_leaderboard() if (r["dataset"], r["threat_model"], r["model"]) == (dataset, threat, name)]
+    return rec
+
+
+def board_robust(rec: dict) -> float:
+    """A raw record's robust accuracy as a fraction, as armetrics.zoo reads it."""
+    return float(next(rec[f] for f in ("external", "autoattack_acc", "corruptions_acc") if f in rec)) / 100
+
+
+def group_reports(rng) -> tuple[list[am.Report], dict[tuple[str, str], list[tuple[float, float]]]]:
+    """Reports of cifar10 Linf (6), L2 (4) and corruptions (1) leaderboard models, one name
+    under both Linf and L2; and per group, the (key value, robust accuracy) pairs."""
+    board = raw_leaderboard()
+    shared = "Wang2023Better_WRN-28-10"
+    reps, pairs = [], {}
+    for (d, t), n in ((("cifar10", "Linf"), 6), (("cifar10", "L2"), 4), (("cifar10", "corruptions"), 1)):
+        names = ([shared] if t != "corruptions" else []) + [
+            r["model"] for r in board if (r["dataset"], r["threat_model"]) == (d, t) and r["model"] != shared]
+        for name in names[:n]:
+            x = float(rng.normal()) + (3.0 if t == "L2" else 0.0)  # L2 values all larger: pooling would mix scales
+            reps.append(fake_report(f"robustbench:{d}/{t}/{name}", name, {"x": x}))
+            pairs.setdefault((d, t), []).append((x, board_robust(board_record(d, t, name))))
+    return reps, pairs
+
+
+def test_leaderboard_correlation_is_per_dataset_and_threat_model(tmp_path):
+    reps, pairs = group_reports(np.random.default_rng(5))
+    assert {g: len(p) for g, p in pairs.items()} == {("cifar10", "Linf"): 6, ("cifar10", "L2"): 4,
+                                                     ("cifar10", "corruptions"): 1}
+    res = compare(reps, tmp_path / "out", against="leaderboard")
+    assert {"Wang2023Better_WRN-28-10 (Linf)", "Wang2023Better_WRN-28-10 (L2)"} <= set(res.models)
+    rows = read_csv(res.correlation_csv)
+    assert list(rows[0]) == ["key", "dataset", "threat_model", "models", "n", "spearman_rho", "p_value", "note"]
+    by_group = {(r["dataset"], r["threat_model"]): r for r in rows if r["key"] == "fake.x"}
+    assert set(by_group) == set(pairs)  # one row per group, none pooled
+    for group, ps in pairs.items():
+        row = by_group[group]
+        assert int(row["models"]) == int(row["n"]) == len(ps)
+        if len(ps) < 3:
+            assert row["spearman_rho"] == "" and "fewer than 3" in row["note"]
+            continue
+        want = spearmanr([x for x, _ in ps], [y for _, y in ps])  # by hand, on the same numbers
+        assert float(row["spearman_rho"]) == pytest.approx(want.statistic, abs=1e-12)
+        assert float(row["p_value"]) == pytest.approx(want.pvalue, rel=1e-9)
+    assert [(r["dataset"], r["threat_model"]) for r in rows] == [("cifar10", "Linf"), ("cifar10", "L2"),
+                                                                 ("cifar10", "corruptions")]  # largest group first
+    note = next(n for n in res.notes if "per (dataset, threat model)" in n)
+    assert "cifar10/Linf (6 models), cifar10/L2 (4 models), cifar10/corruptions (1 model)" in note
+    page = res.html.read_text()
+    assert note in page
+    for heading in ("cifar10 / Linf: 6 models", "cifar10 / L2: 4 models", "cifar10 / corruptions: 1 model"):
+        assert f"<h3>{heading}</h3>" in page
+
+
+def test_same_name_is_labelled_by_threat_model_then_dataset(tmp_path):
+    name = "Wang2023Better_WRN-28-10"
+    reps = [fake_report(f"robustbench:{d}/{t}/{name}", name, {"x": float(i)})
+            for i, (d, t) in enumerate((("cifar10", "Linf"), ("cifar10", "L2"), ("cifar100", "Linf")))]
+    res = compare(reps, tmp_path / "out", against="leaderboard")
+    assert sorted(res.models) == sorted([f"{name} (L2)", f"{name} (cifar10/Linf)", f"{name} (cifar100/Linf)"])
+    rows = {r["model"]: r for r in read_csv(res.summary_csv)}
+    assert float(rows[f"{name} (L2)"]["leaderboard.robust_accuracy"]) == pytest.approx(0.8368)
+    assert float(rows[f"{name} (cifar100/Linf)"]["leaderboard.robust_accuracy"]) == pytest.approx(board_robust(
+        board_record("cifar100", "Linf", name)))
+    two = compare(reps[:2], tmp_path / "two")  # threat alone tells them apart (no leaderboard needed)
+    assert sorted(two.models) == [f"{name} (L2)", f"{name} (Linf)"]
+
+
+def test_label_falls_back_to_sha_then_counter(tmp_path):
+    name = "Wang2023Better_WRN-28-10"
+    same = [fake_report(f"robustbench:cifar10/Linf/{name}", name, {"x": 1.0}) for _ in range(2)]  # same sha
+    other = fake_report(f"robustbench:cifar10/L2/{name}", name, {"x": 2.0})
+    res = compare([*same, other], tmp_path / "out")
+    assert sorted(res.models) == [f"{name} (L2)", f"{name} (Linf) #1", f"{name} (Linf) #2"]
+    own = [fake_report(f"/ckpt/{k}.pt", "net", {"x": float(k)}) for k in range(2)]  # not RobustBench: no threat
+    own[1].data["model"]["sha256"] = "cd" * 32
+    assert sorted(compare(own, tmp_path / "own").models) == ["net [abababab]", "net [cdcdcdcd]"]
+    clash = [fake_report("/ckpt/a.pt", "net (Linf)", {"x": 1.0}), *same[:1],
+             fake_report(f"robustbench:cifar10/L2/{name}", "net", {"x": 3.0}),
+             fake_report(f"robustbench:cifar10/Linf/{name}", "net", {"x": 4.0})]
+    labels = compare(clash, tmp_path / "clash").models  # a name equal to another's qualified label: numbered
+    assert len(set(labels)) == len(labels) == 4
+    assert sorted(labels) == sorted([name, "net (L2)", "net (Linf) #1", "net (Linf) #2"])
+
+
+def test_fixed_leaderboard_records_reach_the_comparison(tmp_path):
+    """cifar10/Linf Hendrycks2019Using was shown with its CIFAR-100 numbers (59.23 / 28.42)."""
+    reps = [fake_report(f"robustbench:{d}/Linf/Hendrycks2019Using", "Hendrycks2019Using", {"x": 1.0})
+            for d in ("cifar10", "cifar100")]
+    res = compare(reps, tmp_path / "out", against="leaderboard")
+    rows = {r["model"]: r for r in read_csv(res.summary_csv)}
+    assert float(rows["Hendrycks2019Using (cifar10/Linf)"]["leaderboard.clean_accuracy"]) == pytest.approx(0.8711)
+    assert float(rows["Hendrycks2019Using (cifar10/Linf)"]["leaderboard.robust_accuracy"]) == pytest.approx(0.5492)
+    assert float(rows["Hendrycks2019Using (cifar100/Linf)"]["leaderboard.clean_accuracy"]) == pytest.approx(0.5923)
+    assert float(rows["Hendrycks2019Using (cifar100/Linf)"]["leaderboard.robust_accuracy"]) == pytest.approx(0.2842)

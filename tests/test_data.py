@@ -122,3 +122,24 @@ def test_bad_n():
         am.load_data(n=0)
     with pytest.raises(DataError, match="does not exist"):
         am.load_data("/no/such/dir")
+
+
+def test_cifar_batches_dir_with_preprocess(tmp_path):
+    """CIFAR-10's test_batch goes through --preprocess too (issue 17): Res224 of each image
+    equals PIL's bilinear resize of it."""
+    root = tmp_path / "cifar-10-batches-py"
+    root.mkdir()
+    data = np.random.default_rng(1).integers(0, 256, (2, 3072), dtype=np.uint8)
+    with open(root / "test_batch", "wb") as f:
+        pickle.dump({b"data": data, b"labels": [3, 7]}, f)
+    d = am.load_data(root, seed=None, preprocess="Res224")
+    x, y = next(iter(d))
+    assert y.tolist() == [3, 7] and x.shape == (2, 3, 224, 224) and d.info.preprocessing == "Res224"
+    hwc = data.reshape(2, 3, 32, 32).transpose(0, 2, 3, 1)
+    expected = np.stack([np.asarray(Image.fromarray(im).resize((224, 224), Image.BILINEAR)) for im in hwc])
+    np.testing.assert_array_equal(x.numpy(), expected.transpose(0, 3, 1, 2).astype(np.float32) / 255)
+
+
+def test_plain_sources_keep_the_report_data_section():
+    """The data section of a plain source has exactly the fields it had before issue 17."""
+    assert set(am.load_data(n=2).info.to_dict()) == {"source", "n", "seed", "num_classes", "classes"}

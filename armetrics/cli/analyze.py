@@ -124,7 +124,15 @@ def _sweep_event(event: str, model: str, done: int, total: int) -> None:
 @click.option("--probes", type=str, default=_DefaultProbes(), show_default=True,
               help="Comma-separated probe names (see `armetrics probes`).")
 @click.option("--data", "data_src", default="cifar10-sample", show_default=True, metavar="SRC",
-              help="cifar10-sample, an ImageFolder dir, a cifar-10-batches-py dir, or an .npz with x and y.")
+              help="cifar10-sample, an ImageFolder dir (ImageNet WordNet-id folders get the 1000 ImageNet labels), "
+                   "a cifar-10-batches-py or cifar-100-python dir, a CIFAR-10-C / CIFAR-100-C / ImageNet-C dir "
+                   "(with --corruption), or an .npz with x and y.")
+@click.option("--preprocess", metavar="NAME", default=None,
+              help="Resize/crop each image first: Res256Crop224, BicubicRes256Crop224, Res224, Crop288 or none "
+                   "(default: the preprocessing a robustbench: model records, else none).")
+@click.option("--corruption", metavar="NAME", default=None,
+              help="With a CIFAR-10-C, CIFAR-100-C or ImageNet-C dir: the corruption (fog, snow, ...).")
+@click.option("--severity", type=int, default=None, help="With --corruption: the severity, 1..5.")
 @click.option("-n", "n", type=int, default=None, help="Number of images (default: all of SRC).")
 @click.option("--batch-size", type=int, default=256, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True,
@@ -148,9 +156,9 @@ def _sweep_event(event: str, model: str, done: int, total: int) -> None:
 @click.option("--task-gpus", type=float, default=0, show_default=True, help="GPUs each Ray task requests.")
 @click.option("--quiet", is_flag=True, help="No progress bar or notes.")
 @debug_option
-def analyze_cmd(models, arch, arch_kwargs, probes, data_src, n, batch_size, seed, device, sets, mean, std, model_dir,
-                dataset, threat_model, trust_code, out, out_dir, executor, ray_address, task_cpus, task_gpus,
-                quiet) -> None:
+def analyze_cmd(models, arch, arch_kwargs, probes, data_src, preprocess, corruption, severity, n, batch_size, seed,
+                device, sets, mean, std, model_dir, dataset, threat_model, trust_code, out, out_dir, executor,
+                ray_address, task_cpus, task_gpus, quiet) -> None:
     """Analyze MODEL (a checkpoint file or robustbench:NAME) with the selected probes."""
     from .. import checks, distributed
     from ..engine import analyze as run_analysis, make_probes
@@ -174,18 +182,18 @@ def analyze_cmd(models, arch, arch_kwargs, probes, data_src, n, batch_size, seed
                        model_dir=model_dir, dataset=dataset, threat_model=threat_model,
                        mean=_floats(mean, "--mean"), std=_floats(std, "--std"), device=device)
     from ..data import load_data
-    from ..loading import load_model
 
     needs_data = any(p.needs_data for p in selected)  # what engine.analyze decides from the same probes
+    spec = _data_spec(models, arch, load_kwargs, bool(out_dir), needs_data, data_src, preprocess, corruption,
+                      severity, n, batch_size, seed)
     inputs = _input_files(models, arch, data_src if needs_data else None, load_kwargs)
     if out and out != "-":
         check_output_path(out, inputs)  # before anything is loaded: a wrong --out costs nothing
-    data = load_data(data_src, n=n, batch_size=batch_size, seed=seed) if needs_data else None
     progress = False if quiet else None
     if out_dir:
         from ..sweep import run_sweep
 
-        spec = {"source": data_src, "n": n, "batch_size": batch_size, "seed": seed} if needs_data else None
+        data = load_data(**spec) if spec is not None else None
         rows = run_sweep(models, Path(out_dir), load_kwargs, data, probes, options, seed, device, progress,
                          data_spec=spec, inputs=inputs, executor=executor, ray_address=ray_address,
                          task_cpus=task_cpus, task_gpus=task_gpus, on_event=None if quiet else _sweep_event)
@@ -194,11 +202,85 @@ def analyze_cmd(models, arch, arch_kwargs, probes, data_src, n, batch_size, seed
         sys.exit(0 if all(status != "failed" for _, status, _ in rows) else 1)
     if executor != "local":
         raise click.UsageError("--executor ray runs sweeps: give --out-dir DIR")
-    model = load_model(models[0], **load_kwargs)
+    model, data = _load_model_and_data(models[0], arch, load_kwargs, spec)
     report = run_analysis(model, data, probes, options=options, seed=seed, device=device, progress=progress,
                           out_path=None if out in (None, "-") else out)
     if report is not None:  # None: a non-zero rank of a distributed run (rank 0 reports)
         _print_report(report, out, quiet, inputs)
+
+
+def _data_spec(models, arch: str | None, load_kwargs: dict, sweep: bool, needs_data: bool, data_src: str,
+               preprocess: str | None, corruption: str | None, severity: int | None, n, batch_size: int,
+               seed: int) -> dict | None:
+    """The keyword arguments of ``load_data`` (also a sweep's data fingerprint; the data
+    options only when given, so fingerprints of plain runs stay as they were), or None
+    when no probe needs data. Checked before anything is loaded: the data options, and that
+    a zoo model of a dataset with no packaged sample is not run on ``cifar10-sample``."""
+    from .. import corruptions, preprocess as preprocessing
+    from ..data import no_sample_error
+
+    preprocessing.resolve(preprocess)
+    corruptions.check_options(corruption, severity)
+    if not needs_data:
+        return None
+    datasets = [ds for ds in (_zoo_dataset(m, arch, load_kwargs) for m in models) if ds is not None]
+    source = click.get_current_context().get_parameter_source("data_src")
+    if source == click.core.ParameterSource.DEFAULT and any(ds != "cifar10" for ds in datasets):
+        raise no_sample_error(next(ds for ds in datasets if ds != "cifar10")) or ConfigError(
+            "this zoo model's dataset has no packaged sample: pass --data")
+    if sweep and preprocess is None and "imagenet" in datasets:
+        raise ConfigError("a sweep of ImageNet zoo models needs --preprocess NAME (each entry records its own, most "
+                          "use Res256Crop224): sweep the models that share one together, or analyze them one by one")
+    options = {"preprocess": preprocess, "corruption": corruption, "severity": severity}
+    return {"source": data_src, "n": n, "batch_size": batch_size, "seed": seed,
+            **{k: v for k, v in options.items() if v is not None}}
+
+
+def _zoo_dataset(model: str, arch: str | None, load_kwargs: dict) -> str | None:
+    """The RobustBench dataset of ``robustbench:...`` (or of a weight file with ``--arch
+    robustbench:...``); None for other models or a malformed name (the load reports it)."""
+    from .._robustbench import parse_name
+
+    spec = model if model.startswith("robustbench:") else arch if (arch or "").startswith("robustbench:") else None
+    if spec is None:
+        return None
+    try:
+        return parse_name(spec, load_kwargs["dataset"], load_kwargs["threat_model"])[0]
+    except ArmetricsError:
+        return None
+
+
+def _load_model_and_data(source: str, arch: str | None, load_kwargs: dict, spec: dict | None):
+    """(model, data): without ``--preprocess``, the data gets the preprocessing the model
+    records (``model.armetrics_info.preprocessing``, set for zoo models): a zoo model is
+    loaded first; other models after the data (a bad data source costs no model load), the
+    data loaded again in the rare case such a model records one."""
+    from ..data import load_data
+    from ..loading import load_model
+
+    if spec is None:
+        return load_model(source, **load_kwargs), None
+    if spec.get("preprocess") is None and _zoo_dataset(source, arch, load_kwargs) is not None:
+        model = load_model(source, **load_kwargs)
+        return model, load_data(**{**spec, "preprocess": _declared_preprocessing(model, source)})
+    data = load_data(**spec)
+    model = load_model(source, **load_kwargs)
+    declared = _declared_preprocessing(model, source) if spec.get("preprocess") is None else None
+    if declared is not None and declared != data.info.preprocessing:
+        data = load_data(**{**spec, "preprocess": declared})
+    return model, data
+
+
+def _declared_preprocessing(model, source: str) -> str | None:
+    """The preprocessing name the loaded model records (None: none), checked."""
+    from ..preprocess import resolve
+
+    name = getattr(getattr(model, "armetrics_info", None), "preprocessing", None)
+    try:
+        prep = resolve(name, f"the preprocessing of {source}")
+    except ConfigError as exc:
+        raise ConfigError(f"{exc} (or pass --preprocess NAME)") from None
+    return prep.name if prep is not None else None
 
 
 def _print_report(report, out: str | None, quiet: bool, inputs: list[Path]) -> None:

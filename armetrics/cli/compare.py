@@ -19,7 +19,8 @@ from . import debug_option
 @click.option("--out", required=True, type=click.Path(file_okay=False),
               help="Directory for summary.csv, the figures (PNG) and index.html.")
 @click.option("--against", type=click.Choice(["leaderboard"]), default=None,
-              help="Add RobustBench leaderboard robust accuracy and its Spearman correlation with every summary key.")
+              help="Add RobustBench leaderboard robust accuracy and its Spearman correlation with every summary key, "
+                   "per dataset and threat model.")
 @debug_option
 def compare_cmd(reports, out, against) -> None:
     """Compare REPORT files (or directories of them): a table, figures and an HTML page."""
@@ -38,14 +39,17 @@ def compare_cmd(reports, out, against) -> None:
 
 
 @click.command("zoo")
-@click.option("--dataset", default="cifar10", show_default=True, help="cifar10, cifar100 or imagenet.")
-@click.option("--threat-model", default="Linf", show_default=True, help="Linf, L2 or corruptions.")
+@click.option("--dataset", default="cifar10", show_default=True, help="cifar10, cifar100, imagenet or all.")
+@click.option("--threat-model", default="Linf", show_default=True, help="Linf, L2, corruptions or all.")
 @click.option("--model-dir", default="models", show_default=True,
               help="Where weights are looked for (DIR/<dataset>/<threat>/<NAME>.pt).")
 @click.option("--json", "as_json", is_flag=True, help="Print the rows as JSON (accuracies as fractions).")
 @debug_option
 def zoo_cmd(dataset, threat_model, model_dir, as_json) -> None:
-    """List the RobustBench models with leaderboard accuracy and whether their weights are in --model-dir."""
+    """List the RobustBench models with leaderboard accuracy and whether their weights are in --model-dir.
+
+    The table goes to stdout; to stderr, a summary and, for every weight file not in
+    --model-dir, the path it must be placed at and the URL robustbench downloads it from."""
     from ..zoo import format_table, zoo
 
     rows = zoo(dataset, threat_model, model_dir)
@@ -57,3 +61,9 @@ def zoo_cmd(dataset, threat_model, model_dir, as_json) -> None:
     click.echo(f"{len(rows)} models for {dataset}/{threat_model}; weights present for {present} in {model_dir}. "
                f"Accuracies: RobustBench leaderboard (robust = AutoAttack, or a stronger external evaluation).",
                err=True)
+    missing = [m for r in rows for m in r["missing_weights"]]
+    if missing:
+        click.echo(f"{len(missing)} weight files missing; armetrics never downloads: fetch each from its source "
+                   f"and place it at its path:", err=True)
+    for m in missing:
+        click.echo(f"  {m['path']}  <-  {m['source'] or '(robustbench records no source)'}", err=True)

@@ -1,0 +1,255 @@
+"""Every RobustBench zoo entry, entry by entry: built with random weights, saved the way
+RobustBench distributes it, loaded by name through armetrics and through robustbench's
+own ``load_model`` (logits compared), and analyzed from the command line with
+``spectrum`` (reshape and fft) and every data probe on a few images of the right shape.
+
+    python benchmarks/zoo_coverage.py                   # all entries not done yet
+    python benchmarks/zoo_coverage.py --only cifar10/Linf --limit 5
+    python benchmarks/zoo_coverage.py --redo Standard    # names matching a glob again
+    python benchmarks/zoo_coverage.py --no-fft           # skip spectrum method=fft (slow on WRN-70-16)
+
+Resumable and bounded in memory: each entry runs in a child process of its own (one
+model in memory at a time, its files in a temporary directory removed afterwards), and
+its row is appended to ``benchmarks/zoo_coverage.jsonl`` as soon as it is done;
+``docs/zoo-coverage.md`` is rewritten from all rows after each entry. The zoo is
+enumerated from ``robustbench.model_zoo.model_dicts``, never from a typed list.
+"""
+
+from __future__ import annotations
+
+import argparse
+import fnmatch
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from unittest import mock
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+ROWS = HERE / "zoo_coverage.jsonl"
+PAGE = ROOT / "docs" / "zoo-coverage.md"
+#: the data probes run on every entry, with options that keep a 270M-parameter model to minutes
+PROBES = "accuracy,margin,confidence,smoothness,robust_accuracy"
+CHEAP = ["--set", "smoothness.layers=logits", "--set", "smoothness.iters=2", "--set", "smoothness.directions=1",
+         "--set", "smoothness.pgd_steps=1", "--set", "smoothness.bootstrap=0", "--set", "robust_accuracy.steps=2"]
+IMAGES = 2
+
+
+def entries() -> list[tuple[str, str, str]]:
+    """(dataset, threat model, name) of every zoo entry robustbench 1.1.1 registers."""
+    from armetrics._robustbench import import_robustbench
+
+    import_robustbench()
+    from robustbench.model_zoo import model_dicts
+
+    return [(ds.value, tm.value, name) for ds, by_threat in model_dicts.items()
+            for tm, models in by_threat.items() for name in models]
+
+
+def done_rows() -> dict[str, dict]:
+    if not ROWS.exists():
+        return {}
+    rows = {}
+    for line in ROWS.read_text().splitlines():
+        if line.strip():
+            r = json.loads(line)
+            rows[key(r["dataset"], r["threat_model"], r["name"])] = r
+    return rows
+
+
+def key(dataset: str, threat: str, name: str) -> str:
+    return f"{dataset}/{threat}/{name}"
+
+
+# ------------------------------------------------------------------ the child: one entry
+def _distributed_files(model, name: str, dataset: str, entry: dict) -> dict[str, object]:
+    """What RobustBench's download would put in ``DIR/<dataset>/<threat>/``: file name ->
+    object to ``torch.save``, undoing what its ``load_model`` does to a file (``last``
+    wrappers, the ``model.`` prefix it adds to ImageNet state_dicts, one file per member
+    of an ensemble)."""
+    sd = model.state_dict()
+    gdrive = entry.get("gdrive_id")
+    if isinstance(gdrive, list):
+        members = getattr(model, "models", None)
+        if members is None or len(members) != len(gdrive):
+            raise NotImplementedError(f"ensemble layout of {type(model).__name__} not reproduced here")
+        return {f"{name}.pt_m{i}.pt": m.state_dict() for i, m in enumerate(members)}
+    if dataset == "imagenet" and all(k.startswith("model.") for k in sd):
+        sd = {k[len("model."):]: v for k, v in sd.items()}
+    if "Kireev2021Effectiveness" in name or name == "Andriushchenko2020Understanding":
+        return {f"{name}.pt": {"last": sd}}
+    return {f"{name}.pt": sd}
+
+
+def _inputs(dataset: str, n: int, seed: int = 0):
+    import torch
+
+    size = 224 if dataset == "imagenet" else 32
+    return torch.rand(n, 3, size, size, generator=torch.Generator().manual_seed(seed))
+
+
+def child(dataset: str, threat: str, name: str, no_fft: bool) -> dict:
+    """Build, save, load both ways, compare logits, analyze from the CLI; one row."""
+    import numpy as np
+    import torch
+
+    from armetrics._robustbench import _entry, architecture
+
+    row: dict = {"dataset": dataset, "threat_model": threat, "name": name}
+    t0 = time.perf_counter()
+    torch.manual_seed(0)
+    try:
+        model = architecture(name, dataset, threat).eval()
+    except Exception as exc:  # robustbench itself cannot build it here: the row says why
+        return {**row, "load_ok": False, "reason": f"robustbench cannot construct it: {type(exc).__name__}: "
+                                                    f"{str(exc).splitlines()[0][:200] if str(exc) else ''}"}
+    row["architecture"] = type(model).__name__
+    row["parameters"] = int(sum(p.numel() for p in model.parameters()))
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp) / dataset / threat
+        folder.mkdir(parents=True)
+        try:
+            files = _distributed_files(model, name, dataset, _entry(name, dataset, threat))
+        except NotImplementedError as exc:
+            return {**row, "load_ok": False, "reason": str(exc), "seconds": time.perf_counter() - t0}
+        for fname, obj in files.items():
+            torch.save(obj, folder / fname)
+        del model, files
+        x = _inputs(dataset, IMAGES)
+        row.update(_compare_logits(name, dataset, threat, tmp, x))
+        if row.get("load_ok"):
+            data = Path(tmp) / "images.npz"
+            classes = {"cifar10": 10, "cifar100": 100, "imagenet": 1000}[dataset]
+            np.savez(data, x=(x.permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8),
+                     y=np.arange(IMAGES) % classes)
+            row.update(_analyze(name, dataset, threat, tmp, data, no_fft))
+    row["seconds"] = round(time.perf_counter() - t0, 1)
+    return row
+
+
+def _compare_logits(name: str, dataset: str, threat: str, model_dir: str, x) -> dict:
+    import torch
+
+    import armetrics as am
+    from armetrics._robustbench import import_robustbench
+
+    rb = import_robustbench()
+    try:
+        ours = am.load_model(f"robustbench:{dataset}/{threat}/{name}", model_dir=model_dir)
+    except Exception as exc:
+        return {"load_ok": False, "reason": f"armetrics: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}"}
+    with torch.no_grad():
+        a = ours(x)
+    del ours
+    path = next(Path(model_dir, dataset, threat).glob(f"{name}.pt*"))
+
+    def local(url, *args, **kwargs):  # timm/torchvision entries: robustbench's download answered by the file
+        return torch.load(path, map_location="cpu", weights_only=True)
+
+    try:
+        with mock.patch("timm.models._builder.load_state_dict_from_url", local), \
+                mock.patch("torchvision.models._api.load_state_dict_from_url", local):
+            theirs = rb.utils.load_model(model_name=name, model_dir=model_dir, dataset=dataset, threat_model=threat)
+    except Exception as exc:
+        return {"load_ok": True, "logits_equal": None,
+                "reason": f"robustbench's load_model: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}"}
+    with torch.no_grad():
+        b = theirs(x)
+    a = a[0] if isinstance(a, tuple) else a
+    b = b[0] if isinstance(b, tuple) else b
+    diff = float((a - b).abs().max())
+    return {"load_ok": True, "logits_equal": bool(torch.allclose(a, b, rtol=1e-5, atol=1e-5)), "logits_max_diff": diff}
+
+
+def _analyze(name: str, dataset: str, threat: str, model_dir: str, data: Path, no_fft: bool) -> dict:
+    """The real command lines, in subprocesses (exit status and the error line kept)."""
+    spec = f"robustbench:{dataset}/{threat}/{name}"
+    base = [sys.executable, "-m", "armetrics", "analyze", spec, "--model-dir", model_dir, "--data", str(data),
+            "--quiet", "--batch-size", str(IMAGES)]
+    runs = {"data_probes": [*base, "--probes", f"spectrum,{PROBES}", *CHEAP, "--out", f"{model_dir}/r.json"]}
+    if not no_fft:
+        runs["spectrum_fft"] = [*base, "--probes", "spectrum", "--set", "spectrum.method=fft",
+                                "--out", f"{model_dir}/fft.json"]
+    out: dict = {"probes_ok": True}
+    for what, cmd in runs.items():
+        t = time.perf_counter()
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        out[f"{what}_seconds"] = round(time.perf_counter() - t, 1)
+        if proc.returncode != 0:
+            out["probes_ok"] = False
+            out.setdefault("reason", f"{what}: exit {proc.returncode}: {(proc.stderr.strip().splitlines() or [''])[-1][:200]}")
+    return out
+
+
+# ------------------------------------------------------------------ the page
+def write_page(rows: dict[str, dict], total: int) -> None:
+    ordered = sorted(rows.values(), key=lambda r: (r["dataset"], r["threat_model"], r["name"]))
+    ok = sum(1 for r in ordered if r.get("load_ok") and r.get("logits_equal") and r.get("probes_ok"))
+    lines = ["# RobustBench zoo coverage", "",
+             f"Produced by `python benchmarks/zoo_coverage.py` on this project's 2-core CPU machine "
+             f"({time.strftime('%Y-%m-%d')}): {len(ordered)} of the {total} entries robustbench 1.1.1 registers "
+             f"have been run; {ok} load by name, give robustbench's logits and run every probe. Each entry: "
+             f"random weights saved as RobustBench distributes them, loaded by "
+             f"`armetrics.load_model('robustbench:D/T/NAME')` and by robustbench's `load_model` (logits on "
+             f"{IMAGES} random images, `allclose` at 1e-5), then `armetrics analyze` with spectrum and "
+             f"`{PROBES}` (cheap options: `{' '.join(CHEAP[1::2])}`) and `spectrum.method=fft`.", "",
+             "| dataset | threat | entry | architecture | parameters | load | logits equal | probes | seconds | reason |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in ordered:
+        params = f"{r['parameters'] / 1e6:.1f}M" if r.get("parameters") else ""
+        equal = {True: "yes", False: "NO", None: ""}[r.get("logits_equal")]
+        probes = {True: "yes", False: "NO", None: ""}[r.get("probes_ok")]
+        reason = str(r.get("reason", "")).replace("|", "\\|")
+        lines.append(f"| {r['dataset']} | {r['threat_model']} | {r['name']} | {r.get('architecture', '')} | {params} | "
+                     f"{'yes' if r.get('load_ok') else 'NO'} | {equal} | {probes} | {r.get('seconds', '')} | {reason} |")
+    PAGE.write_text("\n".join(lines) + "\n")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--only", help="DATASET or DATASET/THREAT to run (default: all)")
+    ap.add_argument("--redo", help="glob of entry names to run again")
+    ap.add_argument("--limit", type=int, help="at most N entries this time")
+    ap.add_argument("--no-fft", action="store_true", help="skip the spectrum method=fft run")
+    ap.add_argument("--timeout", type=int, default=1800, help="seconds per entry (default 1800)")
+    ap.add_argument("--child", nargs=3, metavar=("DATASET", "THREAT", "NAME"), help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child:
+        print(json.dumps(child(*args.child, no_fft=args.no_fft)))
+        return
+    run_all(args)
+
+
+def run_all(args) -> None:
+    todo = entries()
+    rows = done_rows()
+    selected = [e for e in todo if not args.only or key(*e).startswith(args.only.rstrip("/") + "/")]
+    selected = [e for e in selected if key(*e) not in rows or (args.redo and fnmatch.fnmatch(e[2], args.redo))]
+    for dataset, threat, name in selected[: args.limit]:
+        print(f"# {key(dataset, threat, name)} ...", file=sys.stderr, flush=True)
+        cmd = [sys.executable, __file__, "--child", dataset, threat, name] + (["--no-fft"] if args.no_fft else [])
+        t = time.perf_counter()
+        try:
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout,
+                                  env={**os.environ, "PYTHONWARNINGS": "ignore"})
+            lines = proc.stdout.strip().splitlines()
+            row = json.loads(lines[-1]) if proc.returncode == 0 and lines else {
+                "dataset": dataset, "threat_model": threat, "name": name, "load_ok": False,
+                "reason": f"child exit {proc.returncode}: {(proc.stderr.strip().splitlines() or [''])[-1][:200]}"}
+        except subprocess.TimeoutExpired:
+            row = {"dataset": dataset, "threat_model": threat, "name": name, "load_ok": False,
+                   "reason": f"over the {args.timeout} s limit of this run"}
+        row.setdefault("seconds", round(time.perf_counter() - t, 1))
+        rows[key(dataset, threat, name)] = row
+        with ROWS.open("a") as f:
+            f.write(json.dumps(row) + "\n")
+        write_page(rows, len(todo))
+        print(json.dumps(row), flush=True)
+
+
+if __name__ == "__main__":
+    main()
