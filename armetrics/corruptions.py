@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .errors import ConfigError, DataError, first_line, one_line, shorten
-from .npz import CHUNK_BYTES, _Member, _nbytes, _read_npy_header, _runs
+from .npz import CHUNK_BYTES, _Member, _nbytes, _read_npy_header, _runs, header_problem
 from .safeio import read_error, regular_file
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -125,14 +125,9 @@ def _npy_header(path: Path, what: str) -> tuple[_Member, os.stat_result]:
     except Exception as exc:
         raise _error(f"{path} is not a readable .npy file ({first_line(exc, 120)}): download the dataset "
                      f"again") from None
-    if len(shape) > 32 or any(d < 0 or d > 1 << 62 for d in shape):
-        raise _error(f"{path} declares an impossible shape ({len(shape)} dimensions): the file is corrupt: download "
-                     f"the dataset again")
-    if dtype.hasobject:
-        raise _error(f"{path} holds Python objects (dtype {str(dtype)[:80]}), which armetrics never unpickles: use "
-                     f"the dataset's own .npy files (plain uint8 arrays)")
-    if dtype.names is not None or dtype.subdtype is not None:
-        raise _error(f"{path} has the structured dtype {str(dtype)[:80]}: use plain numeric arrays")
+    problem = header_problem(shape, dtype, "download the dataset again (its .npy files are plain uint8 arrays)")
+    if problem:
+        raise _error(f"{path} {problem}")
     if fortran and len(shape) > 1:
         raise _error(f"{path} is stored column-major (fortran_order): save it again with numpy.save of a "
                      f"C-ordered array")

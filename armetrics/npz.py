@@ -132,14 +132,9 @@ class _Npz:
                 offset = f.tell()
         except Exception as exc:
             raise self.corrupt(exc, key) from None
-        if len(shape) > 32 or any(d < 0 or d > 1 << 62 for d in shape):
-            raise _error(f"{p} declares an impossible shape ({len(shape)} dimensions"
-                         f"{', one negative or above 2**62' if len(shape) <= 32 else ''}): the file is corrupt: save it again")
-        if dtype.hasobject:
-            raise _error(f"{p} holds Python objects (dtype {str(dtype)[:80]}), which armetrics never unpickles: "
-                         f"save plain numeric arrays (numpy.savez with allow_pickle=False)")
-        if dtype.names is not None or dtype.subdtype is not None:
-            raise _error(f"{p} has the structured dtype {str(dtype)[:80]}: save plain numeric arrays")
+        problem = header_problem(shape, dtype, "save plain numeric arrays (numpy.savez with allow_pickle=False)")
+        if problem:
+            raise _error(f"{p} {problem}")
         nbytes = math.prod(shape) * dtype.itemsize
         m = _Member(key, info, tuple(shape), bool(fortran), dtype, offset, nbytes)
         if check is not None:
@@ -261,6 +256,20 @@ class _Npz:
                         e += count
             return out.view(m.dtype).reshape((len(rows),) + m.shape[1:], order="F" if m.fortran else "C")
         return self._guard(m, work)
+
+
+def header_problem(shape: tuple, dtype: np.dtype, fix: str) -> str | None:
+    """Why an ``.npy`` header's array is not plain numbers armetrics reads (an impossible
+    shape, Python objects, which are never unpickled, a structured dtype), as the end of a
+    sentence about the file with ``fix`` appended; None when it is fine."""
+    if len(shape) > 32 or any(d < 0 or d > 1 << 62 for d in shape):
+        return (f"declares an impossible shape ({len(shape)} dimensions"
+                f"{', one negative or above 2**62' if len(shape) <= 32 else ''}): the file is corrupt: {fix}")
+    if dtype.hasobject:
+        return f"holds Python objects (dtype {str(dtype)[:80]}), which armetrics never unpickles: {fix}"
+    if dtype.names is not None or dtype.subdtype is not None:
+        return f"has the structured dtype {str(dtype)[:80]}: {fix}"
+    return None
 
 
 def _runs(rows: np.ndarray) -> Iterator[tuple[int, int]]:

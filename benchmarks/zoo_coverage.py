@@ -197,15 +197,16 @@ def write_page(rows: dict[str, dict], total: int) -> None:
              f"`armetrics.load_model('robustbench:D/T/NAME')` and by robustbench's `load_model` (logits on "
              f"{IMAGES} random images, `allclose` at 1e-5), then `armetrics analyze` with spectrum and "
              f"`{PROBES}` (cheap options: `{' '.join(CHEAP[1::2])}`) and `spectrum.method=fft`.", "",
-             "| dataset | threat | entry | architecture | parameters | load | logits equal | probes | seconds | reason |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "| dataset | threat | entry | architecture | parameters | load | logits equal | probes | fft s | seconds | reason |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in ordered:
         params = f"{r['parameters'] / 1e6:.1f}M" if r.get("parameters") else ""
         equal = {True: "yes", False: "NO", None: ""}[r.get("logits_equal")]
         probes = {True: "yes", False: "NO", None: ""}[r.get("probes_ok")]
         reason = str(r.get("reason", "")).replace("|", "\\|")
+        fft = r.get("spectrum_fft_seconds", "not run" if r.get("probes_ok") is not None else "")
         lines.append(f"| {r['dataset']} | {r['threat_model']} | {r['name']} | {r.get('architecture', '')} | {params} | "
-                     f"{'yes' if r.get('load_ok') else 'NO'} | {equal} | {probes} | {r.get('seconds', '')} | {reason} |")
+                     f"{'yes' if r.get('load_ok') else 'NO'} | {equal} | {probes} | {fft} | {r.get('seconds', '')} | {reason} |")
     PAGE.write_text("\n".join(lines) + "\n")
 
 

@@ -42,5 +42,5 @@ def test_zoo_coverage_rows_and_page(tmp_path, repo_root, monkeypatch):
     zc.write_page(rows, len(entries))
     text = (tmp_path / "zoo-coverage.md").read_text()
     assert f"2 of the {len(entries)} entries" in text and "1 load by name" in text
-    assert "| cifar10 | Linf | A | WideResNet | 36.5M | yes | yes | yes | 9.5 |  |" in text
-    assert "| cifar10 | Linf | B |  |  | NO |  |  |  | robustbench cannot construct it: RuntimeError: needs \\| CUDA |" in text
+    assert "| cifar10 | Linf | A | WideResNet | 36.5M | yes | yes | yes | not run | 9.5 |  |" in text
+    assert "| cifar10 | Linf | B |  |  | NO |  |  |  |  | robustbench cannot construct it: RuntimeError: needs \\| CUDA |" in text
