@@ -136,6 +136,7 @@ def _compare_logits(name: str, dataset: str, threat: str, model_dir: str, x) -> 
 
     import armetrics as am
     from armetrics._robustbench import import_robustbench
+    from armetrics.functional import first_output
 
     rb = import_robustbench()
     try:
@@ -159,8 +160,7 @@ def _compare_logits(name: str, dataset: str, threat: str, model_dir: str, x) -> 
                 "reason": f"robustbench's load_model: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}"}
     with torch.no_grad():
         b = theirs(x)
-    a = a[0] if isinstance(a, tuple) else a
-    b = b[0] if isinstance(b, tuple) else b
+    a, b = first_output(a), first_output(b)
     diff = float((a - b).abs().max())
     return {"load_ok": True, "logits_equal": bool(torch.allclose(a, b, rtol=1e-5, atol=1e-5)), "logits_max_diff": diff}
 
