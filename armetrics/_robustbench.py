@@ -590,7 +590,13 @@ def load(name: str, model_dir: str | Path, dataset: str, threat_model: str, read
     same files, never downloading. ``read(path)`` returns a file's content (the caller's
     safe ``torch.load``). Missing files raise a LoadError naming where to place them."""
     threat_model = canonical_threat(threat_model)
-    paths = _present(name, model_dir, dataset, threat_model)
+    return load_from(name, dataset, threat_model, _present(name, model_dir, dataset, threat_model), read)
+
+
+def load_from(name: str, dataset: str, threat_model: str, paths: list[Path], read: Callable[[Path], Any]):
+    """The entry built and given the weights of ``paths`` (its files in robustbench's
+    order), placed as robustbench places them; for ``robustbench:NAME`` and for
+    ``--arch robustbench:NAME FILE`` alike."""
     built = build(name, dataset, threat_model)
     model = built.model
     with _quiet(), _offline():

@@ -26,7 +26,7 @@ from torch import nn
 from . import __version__, checks, distributed, interrupt
 from .data import Data, load_data
 from .errors import ConfigError, DataError, ProbeError, first_line
-from .functional import first_output
+from .functional import first_output, twice_differentiable
 from .hooks import Taps, check_captured, tap_outputs
 from .linalg import all_finite
 from .loading import eval_mode
@@ -377,7 +377,8 @@ def _shared_forward(model: nn.Module, x: torch.Tensor, y: torch.Tensor, taps: Ta
     taps.clear()
     taps.active = set(names)
     try:
-        with torch.enable_grad() if users else contextlib.nullcontext():
+        with torch.enable_grad() if users else contextlib.nullcontext(), \
+                twice_differentiable() if users else contextlib.nullcontext():
             x_in = x.detach().requires_grad_() if users else x
             logits = _forward(model, x_in)
     finally:

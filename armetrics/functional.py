@@ -27,6 +27,17 @@ def first_output(out: Any) -> Any:
     return out[0] if isinstance(out, (tuple, list)) else out
 
 
+def twice_differentiable():
+    """Context in which a forward pass can be differentiated twice: attention
+    (``F.scaled_dot_product_attention``, used by timm's ViT/DeiT/XCiT) runs on its
+    ``math`` backend, whose ops all have double backward; the fused flash and
+    memory-efficient kernels have none (``aten::_scaled_dot_product_flash_attention_for_cpu_backward``).
+    Equal to the fused kernels to float rounding."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    return sdpa_kernel(SDPBackend.MATH)
+
+
 def logits(model: nn.Module | Any, x: torch.Tensor) -> torch.Tensor:
     """``model(x)`` as a logits tensor (B, K): the first element if the model returns a
     tuple. Call this, not ``model(x)``, on ``Batch.model`` (the user's model, unwrapped so

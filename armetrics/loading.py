@@ -52,7 +52,7 @@ from torch import nn
 from . import _robustbench, checks
 from .errors import ArmetricsError, LoadError, UnsafeCodeError, UnsafePickleError, first_line, one_line
 from .export_check import TRUST_FIX, check_export_archive, check_exported_program
-from .safeio import read_error, regular_file, sha256_file
+from .safeio import read_error, regular_file, sha256_file, sha256_files
 from .zipcheck import _mib, check_zip_members
 
 CHECKPOINT_KEYS = ("state_dict", "model_state_dict", "model", "net")
@@ -689,22 +689,42 @@ def _load_file(path, arch, arch_kwargs, trusted, device, dataset, threat_model):
         if module is not None:
             info.format = "pickled-module"
             return module, info
+    info.format = "safetensors" if kind == "safetensors" else "state_dict"
+    if arch is not None and arch.startswith("robustbench:"):  # the zoo's unwrapping (also 'last')
+        return _zoo_arch_file(path, obj, arch, dataset, threat_model, info), info
     state = extract_state_dict(obj)
     if state is None:
         raise LoadError(
             f"{shown} holds a {type(obj).__name__} that is neither a model nor a state_dict "
             f"(looked for keys {', '.join(CHECKPOINT_KEYS)}): save model.state_dict()"
         )
-    info.format = "safetensors" if kind == "safetensors" else "state_dict"
     if arch is None:
         raise LoadError(
             f"{shown} is a state_dict ({len(state)} tensors) without an architecture: "
             f"pass --arch SPEC (package.module:callable, file.py:callable or robustbench:NAME)"
         )
     model = build_arch(arch, arch_kwargs, dataset=dataset, threat_model=threat_model)
-    if arch.startswith("robustbench:"):
-        _zoo_fields(info, arch, dataset, threat_model)
     return load_state_into(model, state, source=shown), info
+
+
+def _zoo_arch_file(path: Path, obj: Any, arch: str, dataset: str, threat_model: str, info: ModelInfo) -> nn.Module:
+    """``--arch robustbench:NAME FILE``: the file read as the entry's own weight file is
+    read (its wrappers, prefixes, key renames and tolerated buffers: robustbench's
+    ``load_model``), so a file downloaded from RobustBench loads under any name."""
+    _zoo_fields(info, arch, dataset, threat_model)
+    ds, tm, name = _robustbench.parse_name(arch, dataset, threat_model)
+    count = len(_robustbench.weight_paths(name, ".", ds, tm))
+    if count > 1:
+        raise LoadError(f"--arch {_show(arch)}: RobustBench ships {name} as {count} weight files (an ensemble), "
+                        f"not one: place them in DIR/{ds}/{tm}/ and load robustbench:{ds}/{tm}/{name} --model-dir DIR")
+    try:
+        with _quiet():
+            return _robustbench.load_from(name, ds, tm, [path], lambda _: obj)
+    except ArmetricsError:
+        raise
+    except (RuntimeError, KeyError, ValueError) as exc:
+        raise LoadError(f"{_show(path)} does not fit --arch {_show(arch)} ({one_line(first_line(exc))}): "
+                        f"check the file and --arch") from None
 
 
 def _zoo_fields(info: ModelInfo, spec: str, dataset: str, threat_model: str) -> None:
@@ -723,7 +743,7 @@ def _load_robustbench(source, model_dir, dataset, threat_model, trusted):
     for p in paths:
         if p.exists() or p.is_symlink():
             _check_file(p)
-    sha = sha256_file(paths[0], "checkpoint", LoadError) if paths[0].is_file() else None
+    sha = sha256_files(paths, "checkpoint", LoadError) if all(p.is_file() for p in paths) else None
     info = ModelInfo(source=f"robustbench:{ds}/{tm}/{name}", name=name, format="robustbench",
                      sha256=sha, arch=f"robustbench:{ds}/{tm}/{name}")
     _zoo_fields(info, info.source, ds, tm)

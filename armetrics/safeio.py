@@ -16,7 +16,7 @@ import hashlib
 import os
 import stat
 from pathlib import Path
-from typing import Type
+from typing import Sequence, Type
 
 from .errors import ArmetricsError, InputError, first_line, one_line
 
@@ -73,12 +73,19 @@ def read_bytes(path: str | Path, what: str = "file", error: Type[ArmetricsError]
 def sha256_file(path: str | Path, what: str = "file", error: Type[ArmetricsError] = InputError) -> str:
     """SHA-256 hex of a regular file's bytes, streamed in 1 MiB blocks; special files are
     refused unopened and reading errors are one line (:func:`read_error`)."""
-    regular_file(path, what, error)
+    return sha256_files([path], what, error)
+
+
+def sha256_files(paths: Sequence[str | Path], what: str = "file", error: Type[ArmetricsError] = InputError) -> str:
+    """SHA-256 hex of the bytes of ``paths`` read one after the other (a model shipped as
+    several files, e.g. a RobustBench ensemble's ``NAME.pt_m0.pt``, ``_m1``, ... in order)."""
     h = hashlib.sha256()
-    try:
-        with open(path, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                h.update(block)
-    except OSError as exc:
-        raise read_error(path, exc, what, error) from None
+    for path in paths:
+        regular_file(path, what, error)
+        try:
+            with open(path, "rb") as f:
+                for block in iter(lambda: f.read(1 << 20), b""):
+                    h.update(block)
+        except OSError as exc:
+            raise read_error(path, exc, what, error) from None
     return h.hexdigest()

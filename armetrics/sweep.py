@@ -110,6 +110,35 @@ def _weights_sha256(model: str, load_kwargs: dict) -> list[str | None]:
     return [sha256_file(p, "model file") if p.is_file() else None for p in paths]
 
 
+def zoo_preprocessing(model: str, load_kwargs: dict) -> str | None:
+    """The preprocessing RobustBench records for ``model`` when it is a zoo entry
+    (``robustbench:...``, or a file with ``--arch robustbench:...``), read from the zoo's
+    tables without loading anything; None otherwise (and for a malformed name, which the
+    load reports)."""
+    arch = load_kwargs.get("arch") or ""
+    spec = model if model.startswith("robustbench:") else arch if arch.startswith("robustbench:") else None
+    if spec is None:
+        return None
+    from . import _robustbench
+
+    try:
+        ds, tm, name = _robustbench.parse_name(spec, load_kwargs.get("dataset", "cifar10"),
+                                               load_kwargs.get("threat_model", "Linf"))
+        return _robustbench.preprocessing(name, ds, tm)
+    except ArmetricsError:
+        return None
+
+
+def model_data_spec(model: str, load_kwargs: dict, data_spec: dict | None) -> dict | None:
+    """``model``'s ``load_data`` arguments in a sweep: ``data_spec``, with the preprocessing
+    a zoo model records when ``data_spec`` names none (ImageNet entries differ: most
+    ``Res256Crop224``, XCiT ``BicubicRes224Crop224``, ...), as a single analysis does."""
+    if data_spec is None or data_spec.get("preprocess") is not None:
+        return data_spec
+    prep = zoo_preprocessing(model, load_kwargs)
+    return data_spec if prep is None else {**data_spec, "preprocess": prep}
+
+
 def fingerprint(model: str, load_kwargs: dict, data_spec: dict | None, probes, options, seed: int,
                 data_id: str | None = None) -> str:
     """What determines a model's report; equal fingerprints mean the report can be reused:
@@ -175,11 +204,12 @@ def run_sweep(models: Sequence[str], out_dir: Path, load_kwargs: dict, data, pro
     notify = on_event if on_event is not None and main else (lambda *_: None)
     _prepare_out_dir(out_dir, main)
 
-    data_id = data.fingerprint() if data is not None and hasattr(data, "fingerprint") else None
     names = report_names(models, load_kwargs)
     protected = [*inputs, *(m for m in names if not m.startswith("robustbench:"))]
+    specs = {m: model_data_spec(m, load_kwargs, data_spec) for m in names}
+    data_of = _data_cache(data, data_spec)
     rows, todo = _plan(names, out_dir, protected, lambda model: fingerprint(
-        model, load_kwargs, data_spec, probes, options, seed, data_id))
+        model, load_kwargs, specs[model], probes, options, seed, _content_id(data_of(specs[model]))))
 
     def done() -> int:  # models finished so far (ok or failed), for the progress events
         return sum(1 for status, _ in rows.values() if status != "skipped")
@@ -202,18 +232,43 @@ def run_sweep(models: Sequence[str], out_dir: Path, load_kwargs: dict, data, pro
         notify("ok", model, done(), len(todo))
 
     if executor == "ray":
-        _run_ray(todo, finished, load_kwargs, data_spec, probes, options, seed, device, ray_address, task_cpus, task_gpus)
+        _run_ray(todo, finished, load_kwargs, specs, probes, options, seed, device, ray_address, task_cpus, task_gpus)
     else:
         for model, path, fp in todo:
             notify("start", model, done(), len(todo))
             t = time.perf_counter()
             try:
-                result: Any = analyze_one(model, load_kwargs, data, probes, options, seed, device, progress, out_path=path)
+                result: Any = analyze_one(model, load_kwargs, data_of(specs[model]), probes, options, seed, device,
+                                          progress, out_path=path)
             except FAILURES as exc:
                 result = exc
             finished(model, path, fp, result, time.perf_counter() - t)
             distributed.barrier(d)
     return [(m, *rows[m]) for m in dict.fromkeys(models) if m in rows]
+
+
+def _data_cache(data, data_spec: dict | None) -> Callable[[dict | None], Any]:
+    """``spec -> Data``: ``data`` (already loaded) for ``data_spec``, any other spec (a zoo
+    model's own preprocessing) loaded once and kept for the models that share it."""
+    from .data import load_data
+
+    cache: dict[str, Any] = {}
+
+    def data_of(spec: dict | None):
+        if spec is None:
+            return None
+        if spec == data_spec and data is not None:
+            return data
+        key = json.dumps(spec, sort_keys=True, default=str)
+        if key not in cache:
+            cache[key] = load_data(**spec)
+        return cache[key]
+
+    return data_of
+
+
+def _content_id(data) -> str | None:
+    return data.fingerprint() if data is not None and hasattr(data, "fingerprint") else None
 
 
 def _plan(names: dict[str, str], out_dir: Path, protected: list, fingerprint_of: Callable[[str], str]
@@ -249,7 +304,7 @@ def _prepare_out_dir(out_dir: Path, main: bool) -> None:
             stale.unlink(missing_ok=True)
 
 
-def _run_ray(todo, finished: Callable, load_kwargs, data_spec, probes, options, seed, device, address, cpus, gpus) -> None:
+def _run_ray(todo, finished: Callable, load_kwargs, specs: dict, probes, options, seed, device, address, cpus, gpus) -> None:
     try:
         import ray
     except ImportError:
@@ -263,8 +318,7 @@ def _run_ray(todo, finished: Callable, load_kwargs, data_spec, probes, options, 
 
     load_kwargs = {**load_kwargs, "arch": absolute(load_kwargs.get("arch")),
                    "model_dir": str(Path(load_kwargs.get("model_dir", "models")).resolve())}
-    if data_spec is not None:
-        data_spec = {**data_spec, "source": absolute(data_spec["source"])}
+    specs = {m: None if spec is None else {**spec, "source": absolute(spec["source"])} for m, spec in specs.items()}
     todo = [(absolute(model), path, fp, model) for model, path, fp in todo]
     if not ray.is_initialized():
         try:
@@ -272,7 +326,7 @@ def _run_ray(todo, finished: Callable, load_kwargs, data_spec, probes, options, 
         except (ConnectionError, RuntimeError, ValueError) as exc:
             raise ArmetricsError(f"cannot start or reach Ray at {address or 'a local instance'} ({first_line(exc)}): check --ray-address") from None
 
-    def task(model, path):
+    def task(model, path, data_spec):
         import armetrics.sweep as sw
 
         t = time.perf_counter()
@@ -283,7 +337,7 @@ def _run_ray(todo, finished: Callable, load_kwargs, data_spec, probes, options, 
             return ArmetricsError(f"{type(exc).__name__}: {first_line(exc)}") if not isinstance(exc, ArmetricsError) else exc, time.perf_counter() - t
 
     remote = ray.remote(num_cpus=cpus, num_gpus=gpus, max_retries=0)(task)
-    pending = {remote.remote(target, str(path)): (model, path, fp) for target, path, fp, model in todo}
+    pending = {remote.remote(target, str(path), specs[model]): (model, path, fp) for target, path, fp, model in todo}
     while pending:
         done, _ = ray.wait(list(pending), num_returns=1)
         model, path, fp = pending.pop(done[0])

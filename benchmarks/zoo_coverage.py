@@ -50,6 +50,31 @@ def entries() -> list[tuple[str, str, str]]:
             for tm, models in by_threat.items() for name in models]
 
 
+def census(todo: list[tuple[str, str, str]]) -> dict[str, tuple[int | None, str | None]]:
+    """Per entry: (parameters, digest of its state_dict's key names and shapes), from the
+    architecture built on the ``meta`` device (no weights allocated, ~30 s for the whole
+    zoo); (None, None) for an entry that cannot be built there."""
+    import hashlib
+
+    import torch
+
+    from armetrics._robustbench import architecture
+
+    out = {}
+    for entry in todo:
+        try:
+            with torch.device("meta"):
+                model = architecture(entry[2], entry[0], entry[1])
+        except Exception:
+            out[key(*entry)] = (None, None)
+            continue
+        shapes = [(k, tuple(v.shape)) for k, v in model.state_dict().items()]
+        out[key(*entry)] = (int(sum(p.numel() for p in model.parameters())),
+                            hashlib.sha256(repr(shapes).encode()).hexdigest()[:16])
+        del model
+    return out
+
+
 def done_rows() -> dict[str, dict]:
     if not ROWS.exists():
         return {}
@@ -66,23 +91,33 @@ def key(dataset: str, threat: str, name: str) -> str:
 
 
 # ------------------------------------------------------------------ the child: one entry
-def _distributed_files(model, name: str, dataset: str, entry: dict) -> dict[str, object]:
-    """What RobustBench's download would put in ``DIR/<dataset>/<threat>/``: file name ->
-    object to ``torch.save``, undoing what its ``load_model`` does to a file (``last``
-    wrappers, the ``model.`` prefix it adds to ImageNet state_dicts, one file per member
-    of an ensemble)."""
-    sd = model.state_dict()
-    gdrive = entry.get("gdrive_id")
-    if isinstance(gdrive, list):
-        members = getattr(model, "models", None)
-        if members is None or len(members) != len(gdrive):
-            raise NotImplementedError(f"ensemble layout of {type(model).__name__} not reproduced here")
-        return {f"{name}.pt_m{i}.pt": m.state_dict() for i, m in enumerate(members)}
-    if dataset == "imagenet" and all(k.startswith("model.") for k in sd):
-        sd = {k[len("model."):]: v for k, v in sd.items()}
-    if "Kireev2021Effectiveness" in name or name == "Andriushchenko2020Understanding":
-        return {f"{name}.pt": {"last": sd}}
-    return {f"{name}.pt": sd}
+def _distributed_files(name: str, dataset: str, threat: str, model_dir: str):
+    """The entry built with random weights, and what RobustBench's download would put in
+    ``model_dir``: path -> object to ``torch.save``, undoing what its ``load_model`` does
+    to a file (the ``last`` wrappers, the ``model.`` prefix it adds to ImageNet
+    state_dicts, one file per ensemble member in the part robustbench loads it into,
+    timm/torchvision downloads as the network's own weights)."""
+    from armetrics import _robustbench as rbm
+
+    built = rbm.build(name, dataset, threat)
+    model = built.model
+    paths = rbm.weight_paths(name, model_dir, dataset, threat)
+    if built.pretrained:
+        objs = [slot.module.state_dict() for slot in built.pretrained]
+    elif len(paths) > 1:
+        objs = []
+        for i in range(len(paths)):
+            parts = rbm._ensemble_parts(name, model, i)
+            objs.append(parts[0][0].state_dict() if parts[0][1] is None else
+                        {key: module.state_dict() for module, key in parts})
+    else:
+        sd = model.state_dict()
+        if dataset == "imagenet" and any(k.startswith("model.") for k in sd):
+            sd = {k[len("model."):]: v for k, v in sd.items() if k.startswith("model.")}
+        if "Kireev2021Effectiveness" in name or name == "Andriushchenko2020Understanding":
+            sd = {"last": sd}
+        objs = [sd]
+    return model, dict(zip(paths, objs))
 
 
 def _inputs(dataset: str, n: int, seed: int = 0):
@@ -97,27 +132,21 @@ def child(dataset: str, threat: str, name: str, no_fft: bool) -> dict:
     import numpy as np
     import torch
 
-    from armetrics._robustbench import _entry, architecture
+    from armetrics.errors import first_line
 
     row: dict = {"dataset": dataset, "threat_model": threat, "name": name}
     t0 = time.perf_counter()
     torch.manual_seed(0)
-    try:
-        model = architecture(name, dataset, threat).eval()
-    except Exception as exc:  # robustbench itself cannot build it here: the row says why
-        return {**row, "load_ok": False, "reason": f"robustbench cannot construct it: {type(exc).__name__}: "
-                                                    f"{str(exc).splitlines()[0][:200] if str(exc) else ''}"}
-    row["architecture"] = type(model).__name__
-    row["parameters"] = int(sum(p.numel() for p in model.parameters()))
     with tempfile.TemporaryDirectory() as tmp:
-        folder = Path(tmp) / dataset / threat
-        folder.mkdir(parents=True)
         try:
-            files = _distributed_files(model, name, dataset, _entry(name, dataset, threat))
-        except NotImplementedError as exc:
-            return {**row, "load_ok": False, "reason": str(exc), "seconds": time.perf_counter() - t0}
-        for fname, obj in files.items():
-            torch.save(obj, folder / fname)
+            model, files = _distributed_files(name, dataset, threat, tmp)
+        except Exception as exc:  # robustbench itself cannot build it here: the row says why
+            return {**row, "load_ok": False, "reason": f"{type(exc).__name__}: {first_line(exc)[:300]}"}
+        row["architecture"] = type(model).__name__
+        row["parameters"] = int(sum(p.numel() for p in model.parameters()))
+        Path(tmp, dataset, threat).mkdir(parents=True)
+        for path, obj in files.items():
+            torch.save(obj, path)
         del model, files
         x = _inputs(dataset, IMAGES)
         row.update(_compare_logits(name, dataset, threat, tmp, x))
@@ -186,17 +215,24 @@ def _analyze(name: str, dataset: str, threat: str, model_dir: str, data: Path, n
 
 
 # ------------------------------------------------------------------ the page
-def write_page(rows: dict[str, dict], total: int) -> None:
-    ordered = sorted(rows.values(), key=lambda r: (r["dataset"], r["threat_model"], r["name"]))
-    ok = sum(1 for r in ordered if r.get("load_ok") and r.get("logits_equal") and r.get("probes_ok"))
+def write_page(rows: dict[str, dict], todo: list[tuple[str, str, str]]) -> None:
+    """``docs/zoo-coverage.md``: one row per entry robustbench registers, run or not yet."""
+    total = len(todo)
+    pending = [{"dataset": d, "threat_model": t, "name": n, "reason": "not run yet"}
+               for d, t, n in todo if key(d, t, n) not in rows]
+    run = [r for r in rows.values() if (r["dataset"], r["threat_model"], r["name"]) in set(todo)]
+    ordered = sorted(run + pending, key=lambda r: (r["dataset"], r["threat_model"], r["name"]))
+    ok = sum(1 for r in run if r.get("load_ok") and r.get("logits_equal") and r.get("probes_ok"))
     lines = ["# RobustBench zoo coverage", "",
              f"Produced by `python benchmarks/zoo_coverage.py` on this project's 2-core CPU machine "
-             f"({time.strftime('%Y-%m-%d')}): {len(ordered)} of the {total} entries robustbench 1.1.1 registers "
+             f"({time.strftime('%Y-%m-%d')}): {len(run)} of the {total} entries robustbench 1.1.1 registers "
              f"have been run; {ok} load by name, give robustbench's logits and run every probe. Each entry: "
              f"random weights saved as RobustBench distributes them, loaded by "
              f"`armetrics.load_model('robustbench:D/T/NAME')` and by robustbench's `load_model` (logits on "
              f"{IMAGES} random images, `allclose` at 1e-5), then `armetrics analyze` with spectrum and "
-             f"`{PROBES}` (cheap options: `{' '.join(CHEAP[1::2])}`) and `spectrum.method=fft`.", "",
+             f"`{PROBES}` (cheap options: `{' '.join(CHEAP[1::2])}`) and `spectrum.method=fft`. The fft run is "
+             f"made once per architecture signature (the state_dict's key names and shapes); an entry "
+             f"sharing the signature of one whose fft run passed shows `= THAT_ENTRY` in the fft column.", "",
              "| dataset | threat | entry | architecture | parameters | load | logits equal | probes | fft s | seconds | reason |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in ordered:
@@ -205,8 +241,11 @@ def write_page(rows: dict[str, dict], total: int) -> None:
         probes = {True: "yes", False: "NO", None: ""}[r.get("probes_ok")]
         reason = str(r.get("reason", "")).replace("|", "\\|")
         fft = r.get("spectrum_fft_seconds", "not run" if r.get("probes_ok") is not None else "")
+        if r.get("spectrum_fft_same_as"):
+            fft = f"= {r['spectrum_fft_same_as'].split('/', 2)[2]}"
+        load = "" if "load_ok" not in r else "yes" if r["load_ok"] else "NO"
         lines.append(f"| {r['dataset']} | {r['threat_model']} | {r['name']} | {r.get('architecture', '')} | {params} | "
-                     f"{'yes' if r.get('load_ok') else 'NO'} | {equal} | {probes} | {fft} | {r.get('seconds', '')} | {reason} |")
+                     f"{load} | {equal} | {probes} | {fft} | {r.get('seconds', '')} | {reason} |")
     PAGE.write_text("\n".join(lines) + "\n")
 
 
@@ -226,13 +265,23 @@ def main() -> None:
 
 
 def run_all(args) -> None:
+    """Entries not done yet (or matching --redo), smallest first; ``spectrum.method=fft``
+    once per distinct architecture signature: an entry whose state_dict has the key names
+    and shapes of one whose fft run passed points at that row (the fft spectrum reads
+    the same layers through the same code; running it again proves nothing new)."""
     todo = entries()
     rows = done_rows()
     selected = [e for e in todo if not args.only or key(*e).startswith(args.only.rstrip("/") + "/")]
     selected = [e for e in selected if key(*e) not in rows or (args.redo and fnmatch.fnmatch(e[2], args.redo))]
+    sizes = census(todo)
+    selected.sort(key=lambda e: (sizes[key(*e)][0] is None, sizes[key(*e)][0] or 0))
     for dataset, threat, name in selected[: args.limit]:
-        print(f"# {key(dataset, threat, name)} ...", file=sys.stderr, flush=True)
-        cmd = [sys.executable, __file__, "--child", dataset, threat, name] + (["--no-fft"] if args.no_fft else [])
+        k = key(dataset, threat, name)
+        print(f"# {k} ...", file=sys.stderr, flush=True)
+        twin = _fft_twin(k, sizes, rows)
+        cmd = [sys.executable, __file__, "--child", dataset, threat, name]
+        if args.no_fft or twin:
+            cmd.append("--no-fft")
         t = time.perf_counter()
         try:
             proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout,
@@ -244,12 +293,26 @@ def run_all(args) -> None:
         except subprocess.TimeoutExpired:
             row = {"dataset": dataset, "threat_model": threat, "name": name, "load_ok": False,
                    "reason": f"over the {args.timeout} s limit of this run"}
+        if twin and row.get("probes_ok"):
+            row["spectrum_fft_same_as"] = twin
         row.setdefault("seconds", round(time.perf_counter() - t, 1))
-        rows[key(dataset, threat, name)] = row
+        rows[k] = row
         with ROWS.open("a") as f:
             f.write(json.dumps(row) + "\n")
-        write_page(rows, len(todo))
+        write_page(rows, todo)
         print(json.dumps(row), flush=True)
+
+
+def _fft_twin(k: str, sizes: dict, rows: dict[str, dict]) -> str | None:
+    """A done entry with ``k``'s architecture signature whose own fft run passed."""
+    sig = sizes.get(k, (None, None))[1]
+    if sig is None:
+        return None
+    for other, row in rows.items():
+        if other != k and sizes.get(other, (None, None))[1] == sig and row.get("probes_ok") \
+                and "spectrum_fft_seconds" in row:
+            return other
+    return None
 
 
 if __name__ == "__main__":

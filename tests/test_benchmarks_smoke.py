@@ -24,23 +24,35 @@ def test_zoo_coverage_rows_and_page(tmp_path, repo_root, monkeypatch):
     and the page lists each row with its outcome and reason."""
     import importlib.util
 
-    import torch
-
     spec = importlib.util.spec_from_file_location("zoo_coverage", repo_root / "benchmarks" / "zoo_coverage.py")
     zc = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(zc)
     entries = zc.entries()
     assert len(entries) == len(set(entries)) >= 200
     assert {d for d, _, _ in entries} == {"cifar10", "cifar100", "imagenet"}
-    files = zc._distributed_files(torch.nn.Linear(2, 2), "Andriushchenko2020Understanding", "cifar10", {"gdrive_id": "x"})
-    assert list(files) == ["Andriushchenko2020Understanding.pt"] and set(files["Andriushchenko2020Understanding.pt"]) == {"last"}
+    model, files = zc._distributed_files("Andriushchenko2020Understanding", "cifar10", "Linf", str(tmp_path))
+    (path, obj), = files.items()
+    assert path == tmp_path / "cifar10" / "Linf" / "Andriushchenko2020Understanding.pt" and set(obj) == {"last"}
+    assert obj["last"].keys() == model.state_dict().keys()
+    _, files = zc._distributed_files("Chen2020Adversarial", "cifar10", "Linf", str(tmp_path))  # 3 members
+    assert [p.name for p in files] == [f"Chen2020Adversarial.pt_m{i}.pt" for i in range(3)]
     monkeypatch.setattr(zc, "PAGE", tmp_path / "zoo-coverage.md")
-    rows = {"a": {"dataset": "cifar10", "threat_model": "Linf", "name": "A", "architecture": "WideResNet",
-                  "parameters": 36_479_194, "load_ok": True, "logits_equal": True, "probes_ok": True, "seconds": 9.5},
-            "b": {"dataset": "cifar10", "threat_model": "Linf", "name": "B", "load_ok": False,
-                  "reason": "robustbench cannot construct it: RuntimeError: needs | CUDA"}}
-    zc.write_page(rows, len(entries))
+    a, b, c = [zc.key(*e) for e in entries if e[:2] == ("cifar10", "Linf")][:3]
+    rows = {a: {"dataset": "cifar10", "threat_model": "Linf", "name": a.split("/")[2], "architecture": "WideResNet",
+                "parameters": 36_479_194, "load_ok": True, "logits_equal": True, "probes_ok": True, "seconds": 9.5,
+                "spectrum_fft_seconds": 3.0},
+            b: {"dataset": "cifar10", "threat_model": "Linf", "name": b.split("/")[2], "load_ok": False,
+                "reason": "robustbench cannot construct it: RuntimeError: needs | CUDA"}}
+    sizes = {a: (1, "sig"), b: (1, "sig"), c: (1, "sig")}
+    assert zc._fft_twin(c, sizes, rows) == a and zc._fft_twin(a, sizes, rows) is None  # b failed: not a twin
+    rows[c] = {**rows[a], "name": c.split("/")[2], "spectrum_fft_same_as": a}
+    del rows[c]["spectrum_fft_seconds"]
+    zc.write_page(rows, entries)
     text = (tmp_path / "zoo-coverage.md").read_text()
-    assert f"2 of the {len(entries)} entries" in text and "1 load by name" in text
-    assert "| cifar10 | Linf | A | WideResNet | 36.5M | yes | yes | yes | not run | 9.5 |  |" in text
-    assert "| cifar10 | Linf | B |  |  | NO |  |  |  |  | robustbench cannot construct it: RuntimeError: needs \\| CUDA |" in text
+    assert f"3 of the {len(entries)} entries" in text and "2 load by name" in text
+    name_a, name_b, name_c = (k.split("/")[2] for k in (a, b, c))
+    assert f"| cifar10 | Linf | {name_a} | WideResNet | 36.5M | yes | yes | yes | 3.0 | 9.5 |  |" in text
+    assert f"| cifar10 | Linf | {name_c} | WideResNet | 36.5M | yes | yes | yes | = {name_a} | 9.5 |  |" in text
+    assert f"| cifar10 | Linf | {name_b} |  |  | NO |  |  |  |  | robustbench cannot construct it: RuntimeError: needs \\| CUDA |" in text
+    table = [line for line in text.splitlines() if line.startswith("| cifar") or line.startswith("| imagenet")]
+    assert len(table) == len(entries) and sum("not run yet" in line for line in table) == len(entries) - 3

@@ -483,9 +483,32 @@ def test_cli_default_data_for_a_cifar100_zoo_model(cli_inproc, zoo_stub):
     proc = cli_inproc("analyze", "robustbench:Fake", "--dataset", "imagenet", "--probes", "accuracy")
     assert_error(proc, "imagenet has no packaged sample")
     assert zoo_stub == []  # refused before loading anything
-    proc = cli_inproc("analyze", "robustbench:imagenet/Linf/A", "robustbench:imagenet/Linf/B", "--data", "x",
-                      "--out-dir", "o", "--probes", "accuracy")
-    assert_error(proc, "a sweep of ImageNet zoo models needs --preprocess NAME")
+
+
+def test_sweep_gives_each_zoo_model_its_preprocessing(cli_inproc, zoo_stub, tmp_path):
+    """A sweep of ImageNet entries recording different preprocessings: each report's data
+    went through its model's own (read from the zoo's tables), each distinct one loaded once."""
+    from armetrics import _robustbench as rbm
+
+    ids = imagenet.wnids()
+    write_folder(tmp_path / "val", [ids[0], ids[1]], [(300, 260), (260, 300)])
+    names = ["Salman2020Do_R18", "Engstrom2019Robustness", "Debenedetti2022Light_XCiT-S12"]
+    want = {n: rbm.preprocessing(n, "imagenet", "Linf") for n in names}
+    assert want == {"Salman2020Do_R18": "Res256Crop224", "Engstrom2019Robustness": "Res256Crop224",
+                    "Debenedetti2022Light_XCiT-S12": "BicubicRes224Crop224"}
+    proc = cli_inproc("analyze", *(f"robustbench:imagenet/Linf/{n}" for n in names), "--data", str(tmp_path / "val"),
+                      "--probes", "accuracy", "--out-dir", str(tmp_path / "out"), "--quiet")
+    assert proc.returncode == 0, proc.stderr
+    assert zoo_stub.count("data") == 2 and zoo_stub.count("model") == 3
+    for n in names:
+        (report,) = (tmp_path / "out").glob(f"*{n}*.json")
+        assert am.Report.load(report).data["data"]["preprocessing"] == want[n], n
+    zoo_stub.clear()  # an explicit --preprocess is every model's
+    proc = cli_inproc("analyze", *(f"robustbench:imagenet/Linf/{n}" for n in names), "--data", str(tmp_path / "val"),
+                      "--probes", "accuracy", "--out-dir", str(tmp_path / "out2"), "--quiet", "--preprocess", "Res224")
+    assert proc.returncode == 0, proc.stderr
+    assert zoo_stub.count("data") == 1
+    assert {am.Report.load(r).data["data"]["preprocessing"] for r in (tmp_path / "out2").glob("*.json")} == {"Res224"}
 
 
 def test_cli_corruption_track(cli_inproc, tmp_path):

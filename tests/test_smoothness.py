@@ -246,3 +246,44 @@ def test_user_modules_get_no_parameter_gradients_and_report_keys(tmp_path):
         for key in ("name", "ratio_random", "ratio_worst", "anisotropy", "rel_ratio_random", "rel_ratio_worst",
                     "ratio_worst_ci_low", "ratio_worst_ci_high"):
             assert key in row
+
+
+class AttentionNet(nn.Module):
+    """Patches of the image as 16 tokens -> one self-attention through
+    F.scaled_dot_product_attention (the fused kernel timm's ViT/DeiT/XCiT use, which has
+    no double backward) -> mean over tokens -> 5 logits."""
+
+    def __init__(self):
+        super().__init__()
+        self.embed = nn.Linear(3, 8)
+        self.qkv = nn.Linear(8, 24)
+        self.head = nn.Linear(8, 5)
+
+    def forward(self, x):
+        t = self.embed(x.flatten(2).transpose(1, 2))          # (B, 16, 8)
+        q, k, v = self.qkv(t).view(len(x), 16, 3, 2, 4).permute(2, 0, 3, 1, 4)  # 2 heads of 4
+        a = nn.functional.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(len(x), 16, 8)
+        return self.head(a.mean(1))
+
+
+def test_attention_model_jacobians_need_no_double_backward_kernel(tmp_path):
+    """A model using fused attention: the probe (its own pass and the engine's shared one)
+    gives the dense Jacobian's sigma_max per sample (the fused kernel's missing double
+    backward once failed this with 'needs double backward')."""
+    torch.manual_seed(0)
+    net, x = AttentionNet().eval(), images(4, seed=3)
+    with pytest.raises(RuntimeError, match="not implemented"):  # the fused kernel really lacks it
+        xg = x[:1].clone().requires_grad_()
+        (g,) = torch.autograd.grad(net(xg).square().sum(), xg, create_graph=True)
+        torch.autograd.grad(g.sum(), xg)
+    truth = torch.tensor([torch.linalg.svdvals(layer_jacobian(net, "logits", x[i:i + 1]))[0].item() for i in range(4)])
+    probe = run(Smoothness(layers="logits", iters=25, directions=0, pgd_steps=0, bootstrap=0), net, x, batch_size=2)
+    assert torch.allclose(torch.cat([c["ratio_worst"] for c in probe.chunks])[:, 0].float(), truth, rtol=1e-3)
+    path = tmp_path / "x.npz"
+    np.savez(path, x=(x.permute(0, 2, 3, 1).numpy() * 255).astype(np.uint8), y=np.zeros(4, dtype=np.int64))
+    xq = torch.from_numpy(np.load(path)["x"]).permute(0, 3, 1, 2).float() / 255
+    truth = np.mean([torch.linalg.svdvals(layer_jacobian(net, "logits", xq[i:i + 1]))[0].item() for i in range(4)])
+    r = am.analyze(net, am.load_data(path, batch_size=2), ["smoothness"],
+                   options={"smoothness": {"layers": "logits", "iters": 25, "directions": 0, "pgd_steps": 0,
+                                           "bootstrap": 0}})
+    assert r.layers("smoothness")[0]["ratio_worst"] == pytest.approx(truth, rel=1e-3)

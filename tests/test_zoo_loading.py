@@ -186,6 +186,37 @@ def test_same_logits_as_robustbench(case, tmp_path):
         torch.testing.assert_close(got, reference, msg=lambda m: f"layout {kind}: {m}")
 
 
+ARCH_FILE_CASES = [c for c in CASES if c.name in (
+    "Andriushchenko2020Understanding", "Hendrycks2020AugMix_WRN", "Debenedetti2022Light_XCiT-S12", "Salman2020Do_R18")]
+
+
+@pytest.mark.parametrize("case", ARCH_FILE_CASES, ids=[c.name for c in ARCH_FILE_CASES])
+def test_arch_spec_reads_the_distributed_file(case, tmp_path):
+    """``--arch robustbench:NAME FILE``: RobustBench's own file (wrapped in ``last``,
+    without the mu/sigma buffers, XCiT in its authors' key names, an ImageNet file
+    without the ``model.`` prefix) loads from any path with the zoo's logits."""
+    torch.manual_seed(1)
+    x = torch.rand(case.batch, 3, case.side, case.side)
+    (weights,) = [case.distributed(w) for w in _weights(case)]
+    _save(tmp_path / "zoo", case, [layout(weights, case.wrap)])
+    reference, _ = _armetrics_logits(tmp_path / "zoo", case, x)
+    path = tmp_path / "downloaded.pt"
+    torch.save(layout(weights, case.wrap), path)
+    model = am.load_model(path, arch=f"robustbench:{case.dataset}/{case.threat}/{case.name}")
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), reference)
+    assert model.armetrics_info.arch == f"robustbench:{case.dataset}/{case.threat}/{case.name}"
+
+
+def test_arch_spec_of_an_ensemble_is_refused_in_one_line(tmp_path):
+    path = tmp_path / "m0.pt"
+    torch.save({"w": torch.zeros(1)}, path)
+    with pytest.raises(LoadError) as err:
+        am.load_model(path, arch="robustbench:Chen2020Adversarial")
+    msg = str(err.value)
+    assert "3 weight files" in msg and "--model-dir" in msg and "\n" not in msg
+
+
 def test_zoo_fields_on_model_info(tmp_path):
     """dataset, threat model and RobustBench's preprocessing name on ``armetrics_info``."""
     cifar = Case("", "cifar10", "corruptions", "Hendrycks2020AugMix_WRN", distributed=_drop("mu", "sigma"))
@@ -250,3 +281,19 @@ def test_entry_robustbench_cannot_build_is_one_line(tmp_path, cli_inproc):
     lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: robustbench cannot build cifar10/Linf/Bai2023Improving_edm")
     assert "CUDA" in lines[0] and "robustbench 1." in lines[0] and not res.stdout
+
+
+def test_sha256_of_an_ensemble_covers_every_file(tmp_path):
+    """Chen2020Adversarial ships 3 files: the recorded hash is of all of them in order,
+    and changes when the last one does."""
+    import hashlib
+
+    case = next(c for c in CASES if c.name == "Chen2020Adversarial")
+    weights = _weights(case)
+    _save(tmp_path, case, weights)
+    paths = rbm.weight_paths(case.name, tmp_path, case.dataset, case.threat)
+    sha = am.load_model(f"robustbench:{case.name}", model_dir=tmp_path).armetrics_info.sha256
+    assert sha == hashlib.sha256(b"".join(p.read_bytes() for p in paths)).hexdigest()
+    weights[2] = {k: v + 1 if v.is_floating_point() else v for k, v in weights[2].items()}
+    torch.save(weights[2], paths[2])
+    assert am.load_model(f"robustbench:{case.name}", model_dir=tmp_path).armetrics_info.sha256 != sha

@@ -193,7 +193,11 @@ def analyze_cmd(models, arch, arch_kwargs, probes, data_src, preprocess, corrupt
     if out_dir:
         from ..sweep import run_sweep
 
-        data = load_data(**spec) if spec is not None else None
+        from ..sweep import model_data_spec
+
+        # zoo models with a preprocessing of their own get their data in the sweep, per preprocessing
+        shared = spec is not None and all(model_data_spec(m, load_kwargs, spec) == spec for m in models)
+        data = load_data(**spec) if shared else None
         rows = run_sweep(models, Path(out_dir), load_kwargs, data, probes, options, seed, device, progress,
                          data_spec=spec, inputs=inputs, executor=executor, ray_address=ray_address,
                          task_cpus=task_cpus, task_gpus=task_gpus, on_event=None if quiet else _sweep_event)
@@ -228,9 +232,6 @@ def _data_spec(models, arch: str | None, load_kwargs: dict, sweep: bool, needs_d
     if source == click.core.ParameterSource.DEFAULT and any(ds != "cifar10" for ds in datasets):
         raise no_sample_error(next(ds for ds in datasets if ds != "cifar10")) or ConfigError(
             "this zoo model's dataset has no packaged sample: pass --data")
-    if sweep and preprocess is None and "imagenet" in datasets:
-        raise ConfigError("a sweep of ImageNet zoo models needs --preprocess NAME (each entry records its own, most "
-                          "use Res256Crop224): sweep the models that share one together, or analyze them one by one")
     options = {"preprocess": preprocess, "corruption": corruption, "severity": severity}
     return {"source": data_src, "n": n, "batch_size": batch_size, "seed": seed,
             **{k: v for k, v in options.items() if v is not None}}

@@ -43,7 +43,7 @@ from torch import nn
 
 from ..attacks import pgd
 from ..errors import ProbeError, first_line
-from ..functional import flat_norm, logits as model_logits, seeded_generator
+from ..functional import flat_norm, logits as model_logits, seeded_generator, twice_differentiable
 from ..hooks import select_layers, tap_outputs
 from ..jacobian import directional_derivative_norms, top_singular_value, truncated
 from ..probe import Batch, Context, Graph, Probe, ProbeResult, Range
@@ -206,7 +206,7 @@ class Smoothness(Probe):
         every row's output, the modules' call counts and the aliases of the logits row."""
         need_grad = self.iters > 0
         xg = x.clone().requires_grad_(need_grad)
-        with torch.set_grad_enabled(need_grad), tap_outputs(model, self._names) as taps:
+        with torch.set_grad_enabled(need_grad), twice_differentiable(), tap_outputs(model, self._names) as taps:
             logits = model_logits(model, xg)
         aliases = frozenset(nm for nm in self._names if taps.is_same(nm, logits))
         return self._rows_of(xg, logits, taps.outputs, dict(taps.calls), aliases)
