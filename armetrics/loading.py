@@ -699,12 +699,37 @@ def _load_file(path, arch, arch_kwargs, trusted, device, dataset, threat_model):
             f"(looked for keys {', '.join(CHECKPOINT_KEYS)}): save model.state_dict()"
         )
     if arch is None:
-        raise LoadError(
-            f"{shown} is a state_dict ({len(state)} tensors) without an architecture: "
-            f"pass --arch SPEC (package.module:callable, file.py:callable or robustbench:NAME)"
-        )
+        return _identified(path, obj, state, dataset, threat_model, info), info
     model = build_arch(arch, arch_kwargs, dataset=dataset, threat_model=threat_model)
     return load_state_into(model, state, source=shown), info
+
+
+def _identified(path: Path, obj: Any, state: dict, dataset: str, threat_model: str, info: ModelInfo) -> nn.Module:
+    """A state_dict without ``--arch``: its architecture found from its keys and shapes
+    (:mod:`armetrics.signature`), recorded as ``info.arch`` (a spec ``--arch`` accepts)
+    with the reason in ``info.notes``."""
+    from . import signature
+    from .functional import first_output
+
+    shown = _show(path)
+
+    def load(spec: str) -> nn.Module:
+        if spec.startswith("robustbench:"):
+            return _zoo_arch_file(path, obj, spec, dataset, threat_model, ModelInfo(source="", name="", format=""))
+        with _quiet():
+            return load_state_into(build_arch(spec), dict(state), source=shown)
+
+    def logits_of(model: nn.Module, shape: tuple) -> torch.Tensor:
+        x = torch.rand((2, *shape), generator=torch.Generator().manual_seed(0))
+        with torch.no_grad():
+            return first_output(model.eval()(x)).float()
+
+    found, model = signature.identify(state, load, logits_of)
+    info.arch = found.spec
+    info.notes.append(found.message)
+    if found.spec.startswith("robustbench:"):
+        _zoo_fields(info, found.spec, dataset, threat_model)
+    return model
 
 
 def _zoo_arch_file(path: Path, obj: Any, arch: str, dataset: str, threat_model: str, info: ModelInfo) -> nn.Module:

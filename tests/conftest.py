@@ -20,6 +20,24 @@ from armetrics_testkit import CHECKPOINTS, EXAMPLES, ROOT, TINY_ARCH, TinyNet, m
 torch.set_num_threads(1)  # tests use tiny tensors: one thread is faster and avoids oversubscription
 
 
+@pytest.fixture(scope="session", autouse=True)
+def architecture_index(tmp_path_factory):
+    """The user's architecture index, for this session: one candidate (torchvision's
+    ResNet-18), so that a checkpoint loaded without --arch, here or in a CLI subprocess,
+    never builds the whole index (minutes). tests/test_signature.py builds its own."""
+    from armetrics import signature
+
+    d = tmp_path_factory.mktemp("architecture-index")
+    old = os.environ.get("ARMETRICS_CACHE_DIR")
+    os.environ["ARMETRICS_CACHE_DIR"] = str(d)
+    signature.build_index(sources=["torchvision"], only="torchvision.models:resnet18".__eq__)
+    yield d
+    if old is None:
+        os.environ.pop("ARMETRICS_CACHE_DIR", None)
+    else:
+        os.environ["ARMETRICS_CACHE_DIR"] = old
+
+
 @pytest.fixture(scope="session")
 def repo_root() -> Path:
     """The repository root."""

@@ -56,3 +56,16 @@ def test_zoo_coverage_rows_and_page(tmp_path, repo_root, monkeypatch):
     assert f"| cifar10 | Linf | {name_b} |  |  | NO |  |  |  |  | robustbench cannot construct it: RuntimeError: needs \\| CUDA |" in text
     table = [line for line in text.splitlines() if line.startswith("| cifar") or line.startswith("| imagenet")]
     assert len(table) == len(entries) and sum("not run yet" in line for line in table) == len(entries) - 3
+
+
+def test_identify_benchmark_warm_rows(repo_root, architecture_index, monkeypatch):
+    """benchmarks/identify.py's warm rows: both commands run and the row has both times."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("identify_bench", repo_root / "benchmarks" / "identify.py")
+    ib = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ib)
+    monkeypatch.setattr(ib, "CASES", ["torchvision.models:resnet18"])  # the session index's one candidate
+    (row,) = ib.warm(architecture_index, repeat=1)
+    assert row["spec"] == "torchvision.models:resnet18" and row["explicit_s"] > 0 and row["identified_s"] > 0
+    assert abs(row["extra_s"] - (row["identified_s"] - row["explicit_s"])) <= 0.011  # each rounded to 0.01

@@ -207,6 +207,10 @@ def analyze_cmd(models, arch, arch_kwargs, probes, data_src, preprocess, corrupt
     if executor != "local":
         raise click.UsageError("--executor ray runs sweeps: give --out-dir DIR")
     model, data = _load_model_and_data(models[0], arch, load_kwargs, spec)
+    if not quiet:  # an architecture found from the weights: say which, and why
+        for note in getattr(getattr(model, "armetrics_info", None), "notes", []):
+            if note.startswith("architecture: "):
+                click.echo(note, err=True)
     report = run_analysis(model, data, probes, options=options, seed=seed, device=device, progress=progress,
                           out_path=None if out in (None, "-") else out)
     if report is not None:  # None: a non-zero rank of a distributed run (rank 0 reports)
