@@ -47,6 +47,8 @@ from .safeio import regular_file
 #: Wrapper keys of a zoo checkpoint, unwrapped in this order (robustbench takes ``last``
 #: from Andriushchenko2020Understanding's and Kireev2021Effectiveness_*'s files).
 CHECKPOINT_KEYS = ("state_dict", "model_state_dict", "last", "model", "net")
+#: Buffers of robustbench's ``normalize_model`` wrapper (fixed constants, not weights).
+WRAPPER_BUFFERS = frozenset({"normalize.mean", "normalize.std"})
 #: Classes per dataset (robustbench's ``DATASET_CLASSES``), passed to timm entries.
 NUM_CLASSES = {"cifar10": 10, "cifar100": 100, "imagenet": 1000}
 #: How a Google Drive id is fetched (what ``gdown.download(id=...)`` requests).
@@ -564,7 +566,11 @@ def _load_pretrained(name: str, built: Built, paths: list[Path], read: Callable)
                         f"weight sets, not {len(paths)} ({versions()}): armetrics cannot place the file")
     for slot, path in zip(built.pretrained, paths):
         state = state_of(read(path), _show(path))
-        slot.load(align_keys(state, slot.module.state_dict().keys()), _show(path))
+        expected = slot.module.state_dict().keys()
+        # a state_dict of the whole zoo model (its normalize_model wrapper): the wrapper's
+        # constants are already in place; the network's weights are what the slot takes
+        state = {k: v for k, v in state.items() if k not in WRAPPER_BUFFERS or k in expected}
+        slot.load(align_keys(state, expected), _show(path))
 
 
 def _present(name: str, model_dir: str | Path, dataset: str, threat_model: str) -> list[Path]:

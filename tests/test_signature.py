@@ -71,6 +71,8 @@ def _side(spec: str) -> int:
                                   "robustbench:cifar10/Linf/Sehwag2021Proxy_R18",
                                   "robustbench:cifar100/Linf/Wang2023Better_WRN-28-10",
                                   "robustbench:cifar10/Linf/Dai2021Parameterizing",
+                                  "robustbench:cifar10/Linf/Debenedetti2022Light_XCiT-S12",
+                                  "robustbench:imagenet/corruptions/Tian2022Deeper_DeiT-S",
                                   "torchvision.models:mobilenet_v3_small", "torchvision.models:squeezenet1_1",
                                   "timm.models.vision_transformer:vit_tiny_patch16_224",
                                   "timm.models.convnext:convnext_atto"])
