@@ -53,6 +53,8 @@ PREFIXES = ("module.", "_orig_mod.", "model.")
 SPEC_FORMS = (re.compile(r"robustbench:[a-z0-9]+/[A-Za-z0-9_]+/[A-Za-z0-9_.\-]+"),
               re.compile(r"torchvision\.models:[a-z][a-z0-9_]*"),
               re.compile(r"(timm|robustbench)(\.[A-Za-z_][A-Za-z0-9_]*)+:[A-Za-z_][A-Za-z0-9_]*"))
+#: Largest index file (and inflated key list) read; the real ones are a few MB.
+MAX_INDEX_BYTES = 256 * 2**20
 #: Candidates listed in an ambiguity or no-match message.
 SHOWN = 3
 
@@ -294,9 +296,20 @@ class Index:
         self._keys_path = keys_path
 
     def keys(self) -> dict[str, dict[str, tuple[int, ...]]]:
-        """Canonical key -> shape of every distinct signature (read on demand)."""
-        raw = json.loads(gzip.decompress(self._keys_path.read_bytes()))
-        return {d: {k: tuple(v) for k, v in items} for d, items in raw.items()}
+        """Canonical key -> shape of every distinct signature (read on demand, at most
+        :data:`MAX_INDEX_BYTES` inflated); LoadError when the file is damaged."""
+        import zlib
+
+        try:
+            inflate = zlib.decompressobj(16 + zlib.MAX_WBITS)  # gzip
+            text = inflate.decompress(self._keys_path.read_bytes(), MAX_INDEX_BYTES)
+            if inflate.unconsumed_tail:
+                raise ValueError(f"more than {MAX_INDEX_BYTES >> 20} MiB inflated")
+            raw = json.loads(text)
+            return {d: {k: tuple(v) for k, v in items} for d, items in raw.items()}
+        except (OSError, ValueError, TypeError, zlib.error) as exc:
+            raise LoadError(f"the architecture index's key list {self._keys_path} is damaged ({one_line(str(exc))[:120]}): "
+                            f"delete it (it is rebuilt) or pass --arch SPEC") from None
 
 
 def load_index(directory: Path | None = None) -> Index | None:
@@ -304,6 +317,8 @@ def load_index(directory: Path | None = None) -> Index | None:
     (then it is built again)."""
     index_path, keys_path = _index_paths(directory)
     try:
+        if index_path.stat().st_size > MAX_INDEX_BYTES:
+            return None
         raw = json.loads(index_path.read_bytes())
         if raw.get("format") != FORMAT or raw.get("versions") != versions_key() or not keys_path.is_file():
             return None

@@ -236,3 +236,17 @@ def test_hostile_checkpoints_and_cache(index_dir, tmp_path, monkeypatch):
     with pytest.raises(LoadError) as err:
         sig.index()
     assert "cannot write the architecture index in" in str(err.value) and "ARMETRICS_CACHE_DIR" in str(err.value)
+
+
+def test_a_gzip_bomb_as_key_list_is_one_line(tmp_path, monkeypatch):
+    import zlib
+
+    keys = tmp_path / "k.json.gz"
+    comp = zlib.compressobj(9, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
+    monkeypatch.setattr(sig, "MAX_INDEX_BYTES", 2**20)  # the real cap (256 MiB) the same way, smaller
+    keys.write_bytes(comp.compress(b" " * (3 * 2**20)) + comp.flush())  # 3 MiB of spaces in ~3 KB
+    with pytest.raises(LoadError, match=r"key list .* is damaged \(more than 1 MiB inflated\): delete it"):
+        sig.Index([], keys).keys()
+    keys.write_bytes(b"not gzip")
+    with pytest.raises(LoadError, match="is damaged"):
+        sig.Index([], keys).keys()
