@@ -110,11 +110,10 @@ def _weights_sha256(model: str, load_kwargs: dict) -> list[str | None]:
     return [sha256_file(p, "model file") if p.is_file() else None for p in paths]
 
 
-def zoo_preprocessing(model: str, load_kwargs: dict) -> str | None:
-    """The preprocessing RobustBench records for ``model`` when it is a zoo entry
-    (``robustbench:...``, or a file with ``--arch robustbench:...``), read from the zoo's
-    tables without loading anything; None otherwise (and for a malformed name, which the
-    load reports)."""
+def zoo_entry(model: str, load_kwargs: dict) -> tuple[str, str, str] | None:
+    """(dataset, threat model, name) when ``model`` is a zoo entry (``robustbench:...``,
+    or a file with ``--arch robustbench:...``); None otherwise, and for a malformed name
+    (the load reports it)."""
     arch = load_kwargs.get("arch") or ""
     spec = model if model.startswith("robustbench:") else arch if arch.startswith("robustbench:") else None
     if spec is None:
@@ -122,9 +121,22 @@ def zoo_preprocessing(model: str, load_kwargs: dict) -> str | None:
     from . import _robustbench
 
     try:
-        ds, tm, name = _robustbench.parse_name(spec, load_kwargs.get("dataset", "cifar10"),
-                                               load_kwargs.get("threat_model", "Linf"))
-        return _robustbench.preprocessing(name, ds, tm)
+        return _robustbench.parse_name(spec, load_kwargs.get("dataset", "cifar10"),
+                                       load_kwargs.get("threat_model", "Linf"))
+    except ArmetricsError:
+        return None
+
+
+def zoo_preprocessing(model: str, load_kwargs: dict) -> str | None:
+    """The preprocessing RobustBench records for ``model`` when it is a zoo entry, read
+    from the zoo's tables without loading anything; None otherwise."""
+    entry = zoo_entry(model, load_kwargs)
+    if entry is None:
+        return None
+    from . import _robustbench
+
+    try:
+        return _robustbench.preprocessing(entry[2], entry[0], entry[1])
     except ArmetricsError:
         return None
 

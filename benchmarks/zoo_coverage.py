@@ -51,26 +51,22 @@ def entries() -> list[tuple[str, str, str]]:
 
 
 def census(todo: list[tuple[str, str, str]]) -> dict[str, tuple[int | None, str | None]]:
-    """Per entry: (parameters, digest of its state_dict's key names and shapes), from the
-    architecture built on the ``meta`` device (no weights allocated, ~30 s for the whole
-    zoo); (None, None) for an entry that cannot be built there."""
-    import hashlib
-
-    import torch
-
+    """Per entry: (parameters, its architecture signature: armetrics.signature's digest
+    of the canonical key names and shapes), from the architecture built without weights
+    (``signature.build_empty``, ~30 s for the whole zoo); (None, None) for an entry that
+    cannot be built."""
+    from armetrics import signature
     from armetrics._robustbench import architecture
 
     out = {}
-    for entry in todo:
+    for ds, tm, name in todo:
         try:
-            with torch.device("meta"):
-                model = architecture(entry[2], entry[0], entry[1])
+            model = signature.build_empty(lambda: architecture(name, ds, tm))
         except Exception:
-            out[key(*entry)] = (None, None)
+            out[key(ds, tm, name)] = (None, None)
             continue
-        shapes = [(k, tuple(v.shape)) for k, v in model.state_dict().items()]
-        out[key(*entry)] = (int(sum(p.numel() for p in model.parameters())),
-                            hashlib.sha256(repr(shapes).encode()).hexdigest()[:16])
+        out[key(ds, tm, name)] = (int(sum(p.numel() for p in model.parameters())),
+                                  signature.digest(signature.canonical(signature.shapes_of(model.state_dict()))))
         del model
     return out
 

@@ -244,15 +244,10 @@ def _data_spec(models, arch: str | None, load_kwargs: dict, sweep: bool, needs_d
 def _zoo_dataset(model: str, arch: str | None, load_kwargs: dict) -> str | None:
     """The RobustBench dataset of ``robustbench:...`` (or of a weight file with ``--arch
     robustbench:...``); None for other models or a malformed name (the load reports it)."""
-    from .._robustbench import parse_name
+    from ..sweep import zoo_entry
 
-    spec = model if model.startswith("robustbench:") else arch if (arch or "").startswith("robustbench:") else None
-    if spec is None:
-        return None
-    try:
-        return parse_name(spec, load_kwargs["dataset"], load_kwargs["threat_model"])[0]
-    except ArmetricsError:
-        return None
+    entry = zoo_entry(model, {**load_kwargs, "arch": arch})
+    return entry[0] if entry is not None else None
 
 
 def _load_model_and_data(source: str, arch: str | None, load_kwargs: dict, spec: dict | None):
