@@ -29,6 +29,7 @@ _EXPORTS = {
     "list_probes": "armetrics.registry",
     "ArmetricsError": "armetrics.errors",
     "compare": "armetrics.comparison",
+    "audit": "armetrics.auditing",
 }
 __all__ = sorted(_EXPORTS) + ["__version__"]
 

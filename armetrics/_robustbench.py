@@ -309,6 +309,18 @@ def preprocessing(name: str, dataset: str, threat_model: str) -> str | None:
     return value if isinstance(value, str) else None
 
 
+def input_shape(name: str, dataset: str, threat_model: str) -> tuple[int, int, int]:
+    """(C, H, W) of one input of this entry as RobustBench evaluates it: 32 px for CIFAR,
+    the side its preprocessing crops (or resizes) to for ImageNet, else 224 px."""
+    from .preprocess import resolve
+
+    if dataset != "imagenet":
+        return (3, 32, 32)
+    pre = resolve(preprocessing(name, dataset, threat_model))
+    side = (pre.crop or pre.resize) if pre is not None else None
+    return (3, side or 224, side or 224)
+
+
 def _timm_preprocessing(timm_model: str) -> str | None:
     """``get_timm_model_preprocessing`` as a name: resize to floor(size / crop_pct), crop size."""
     from timm.models import get_pretrained_cfg
@@ -603,13 +615,26 @@ def load_from(name: str, dataset: str, threat_model: str, paths: list[Path], rea
     """The entry built and given the weights of ``paths`` (its files in robustbench's
     order), placed as robustbench places them; for ``robustbench:NAME`` and for
     ``--arch robustbench:NAME FILE`` alike."""
-    built = build(name, dataset, threat_model)
-    model = built.model
+    from . import noinit
+
+    ledger = noinit.Ledger()
+    with noinit.skipping_init(ledger):  # the files overwrite the random initial weights: not drawn
+        built = build(name, dataset, threat_model)
+    with noinit.recording_writes(ledger):
+        _place(name, dataset, threat_model, built, paths, read)
+    if not ledger.complete(built.model):  # a random initial value survived the load: build as robustbench does
+        del built
+        built = build(name, dataset, threat_model)
+        _place(name, dataset, threat_model, built, paths, read)
+    return built.model.eval()
+
+
+def _place(name: str, dataset: str, threat_model: str, built: Built, paths: list[Path], read: Callable) -> None:
+    """The weights of ``paths`` put into the built entry, where robustbench puts them."""
     with _quiet(), _offline():
         if not reads_weight_file(name, dataset, threat_model):
             _load_pretrained(name, built, paths, read)
         elif len(paths) > 1:
-            _load_ensemble(name, dataset, model, paths, read)
+            _load_ensemble(name, dataset, built.model, paths, read)
         else:
-            _fit(model, state_of(read(paths[0]), _show(paths[0])), name, dataset, _show(paths[0]))
-    return model.eval()
+            _fit(built.model, state_of(read(paths[0]), _show(paths[0])), name, dataset, _show(paths[0]))

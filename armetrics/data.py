@@ -157,18 +157,31 @@ class Data:
     def sample_shape(self) -> tuple[int, ...]:
         return tuple(self._get(self.order[:1]).shape[1:])
 
+    def labels(self) -> np.ndarray:
+        """The labels of the selection, in its order: int64 (n,)."""
+        return np.asarray(self._labels[self.order], dtype=np.int64)
+
+    def content_id(self) -> str:
+        """What the source holds, independent of the selection: ``"npz:<sha256>"`` of an
+        .npz file, ``"imagefolder:<sha256>"`` over the selected image files' hashes,
+        ``"decoded:<sha256>"`` of the decoded images of a Data built by hand, ...
+        (computed on first use; the first part of :meth:`fingerprint`)."""
+        if callable(self._content):
+            self._content = self._content()
+        if self._content is None:  # a Data built by hand: hash what it yields
+            h = hashlib.sha256()
+            for lo in range(0, self.n, self.batch_size):
+                h.update(np.ascontiguousarray(self._get(self.order[lo:lo + self.batch_size]), np.float32).tobytes())
+            self._content = "decoded:" + h.hexdigest()
+        return self._content
+
     def fingerprint(self) -> str:
         """SHA-256 (hex) of the *content* of this selection: the source's bytes (the .npz
         file, the CIFAR batch) or the bytes of the selected image files, with the labels,
         the class names and the selection order. Another file at the same path gives
         another fingerprint; the same content anywhere gives the same one."""
         if self._fingerprint is None:
-            content = self._content() if callable(self._content) else self._content
-            if content is None:  # a Data built by hand: hash what it yields
-                h = hashlib.sha256()
-                for lo in range(0, self.n, self.batch_size):
-                    h.update(np.ascontiguousarray(self._get(self.order[lo:lo + self.batch_size]), np.float32).tobytes())
-                content = "decoded:" + h.hexdigest()
+            content = self.content_id()
             h = hashlib.sha256(b"armetrics.data.fingerprint/1\n")
             h.update(content.encode() + b"\n")
             described = {k: v for k, v in self.info.to_dict().items() if k in ("num_classes", "classes")

@@ -7,6 +7,10 @@ the graph handed to the probes as ``batch.graph`` (dropped once they are done wi
 Forward hooks capture (clone) only the layers the probes of the batch asked for, and
 the captured features are dropped after the batch. Extra passes (``smoothness``'s
 perturbed inputs, attacks) are the probes' own, made inside their ``update``.
+
+The per-sample values the data probes keep (``ProbeResult.samples``) become the
+report's ``.samples.npz`` side file (:mod:`armetrics.samples`), with the identity of the
+images (data content hash, selection, seed) in the report.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from typing import Any, Iterable, Iterator, Mapping, Sequence
 import torch
 from torch import nn
 
-from . import __version__, checks, distributed, interrupt
+from . import __version__, checks, distributed, interrupt, samples as side_samples
 from .data import Data, load_data
 from .errors import ConfigError, DataError, ProbeError, first_line
 from .functional import first_output, twice_differentiable
@@ -150,6 +154,7 @@ def analyze(
     device: "str | torch.device | None" = None,
     progress: bool | None = None,
     out_path: str | Path | None = None,
+    samples: bool = True,
 ) -> Report | None:
     """Run ``probes`` on ``model`` and return a :class:`~armetrics.report.Report`.
 
@@ -159,6 +164,10 @@ def analyze(
     options. ``progress``: a tqdm bar (default: when stderr is a terminal).
     ``out_path``: where the report will be saved; probes may name side files after it
     (``ProbeResult.files``), which :meth:`Report.save` writes together with the report.
+    ``samples``: keep the data probes' per-sample values (correctness, max-prob, entropy,
+    margins, per-layer smoothness ratios) as the report's ``.samples.npz`` side file and
+    record the images' identity in its ``data`` section (what :mod:`armetrics.claims`
+    pairs models by); False: neither.
 
     Inside a ``torch.distributed`` process group (e.g. under ``torchrun``) each rank
     analyzes its shard of the batches; rank 0 returns the merged report, the other
@@ -181,6 +190,8 @@ def analyze(
         raise ConfigError(f"progress must be True, False or None, got {progress!r}")
     if out_path is not None and not isinstance(out_path, (str, Path)):
         raise ConfigError(f"out_path must be a path, got {type(out_path).__name__}")
+    if not isinstance(samples, bool):
+        raise ConfigError(f"samples must be True or False, got {samples!r}")
     probe_objs = make_probes(probes, options)
     if device is None:
         first = next(iter(model.parameters()), None)
@@ -188,7 +199,7 @@ def analyze(
     device = checks.device(device, "device (--device)")
     with _seeded_rng(seed, device), _modes_restored(model):
         return _run(model.to(device), data, probe_objs, seed=seed, device=device, progress=progress,
-                    out_path=out_path, started=started)
+                    out_path=out_path, started=started, samples=samples)
 
 
 @contextlib.contextmanager
@@ -223,7 +234,8 @@ def _modes_restored(model: nn.Module) -> Iterator[None]:
 
 
 def _run(model: nn.Module, data: "Data | str | Path | None", probe_objs: list[Probe], *, seed: int,
-         device: torch.device, progress: bool | None, out_path: str | Path | None, started: float) -> Report | None:
+         device: torch.device, progress: bool | None, out_path: str | Path | None, started: float,
+         samples: bool = True) -> Report | None:
     """The run itself, once the arguments are checked: weight probes, the data pass, the report."""
     model = eval_mode(model)
     weight_probes = [p for p in probe_objs if not p.needs_data]
@@ -231,14 +243,15 @@ def _run(model: nn.Module, data: "Data | str | Path | None", probe_objs: list[Pr
     data = _resolve_data(data, bool(data_probes), seed)
     ctx = Context(model=model, device=device, seed=seed,
                   num_classes=data.num_classes if isinstance(data, Data) else None,
-                  input_shape=data.sample_shape() if isinstance(data, Data) else None,
-                  out_path=str(out_path) if out_path else None)
+                  input_shape=data.sample_shape() if isinstance(data, Data) else _declared_input(model),
+                  out_path=str(out_path) if out_path else None, samples=samples)
     d = distributed.current()
     files: dict[str, bytes] = {}  # the report's side files by suffix (ProbeResult.files), written by Report.save
     entries = _run_weight_probes(weight_probes, ctx, d, files)
     run: dict[str, Any] = {"seed": seed}
+    per_sample: dict[str, Any] = {}
     if data_probes:
-        stats = _run_data_probes(model, data, data_probes, ctx, progress, d, entries, files)
+        stats = _run_data_probes(model, data, data_probes, ctx, progress, d, entries, files, per_sample)
         if stats is None:
             return None
         run.update(stats)
@@ -247,7 +260,26 @@ def _run(model: nn.Module, data: "Data | str | Path | None", probe_objs: list[Pr
     run["seconds"] = time.perf_counter() - started
     report = _report_dict(model, data if data_probes else None, device, run,
                           {p.name: entries[p.name] for p in probe_objs})
+    if samples and data_probes:
+        _attach_samples(report, files, data, per_sample)
     return Report(to_jsonable(report), files=files)
+
+
+def _declared_input(model: nn.Module) -> tuple[int, ...] | None:
+    """The input shape the model's loader recorded (``ModelInfo.input_shape``), if any."""
+    shape = getattr(getattr(model, "armetrics_info", None), "input_shape", None)
+    return tuple(shape) if shape else None
+
+
+def _attach_samples(report: dict[str, Any], files: dict[str, bytes], data: Data, per_sample: dict[str, Any]) -> None:
+    """The per-sample side file (``files``) and its description (``report["samples"]``),
+    and the identity of the images in the data section: ``content`` (the source's
+    content hash) and ``fingerprint`` (content, classes, selection and labels)."""
+    raw, manifest = side_samples.encode(data.order, data.labels(), per_sample)
+    files[side_samples.SUFFIX] = raw
+    report["samples"] = manifest
+    report["data"]["content"] = data.content_id()
+    report["data"]["fingerprint"] = data.fingerprint()
 
 
 def _resolve_data(data: "Data | str | Path | None", needed: bool, seed: int) -> "Data | None":
@@ -278,10 +310,10 @@ def _run_weight_probes(probes: list[Probe], ctx: Context, d: "distributed.Dist |
 
 def _run_data_probes(model: nn.Module, data: Data, probes: list[Probe], ctx: Context, progress: bool | None,
                      d: "distributed.Dist | None", entries: dict[str, dict[str, Any]],
-                     files: dict[str, bytes]) -> dict[str, Any] | None:
+                     files: dict[str, bytes], per_sample: dict[str, Any]) -> dict[str, Any] | None:
     """The shared data pass, the merge of other ranks' states and each probe's compute
-    (entries and side files added in place). Returns the run statistics, or None on a
-    rank other than the main one (which writes no report)."""
+    (entries, side files and per-sample values added in place). Returns the run
+    statistics, or None on a rank other than the main one (which writes no report)."""
     stats, seconds = _data_pass(model, data, probes, ctx, progress if d is None or d.is_main else False, d)
     if d is not None:
         shards = distributed.gather(([p.state_dict() for p in probes], stats), d)
@@ -295,6 +327,8 @@ def _run_data_probes(model: nn.Module, data: Data, probes: list[Probe], ctx: Con
         result = p.compute()
         entries[p.name] = _result_entry(p, result, spent + time.perf_counter() - t)
         files.update(result.files)
+        if result.samples is not None:
+            per_sample[p.name] = result.samples
     return stats
 
 

@@ -59,3 +59,13 @@ class UnsafeCodeError(LoadError):
 def shorten(text: str, limit: int = 80) -> str:
     """``text`` cut to ``limit`` characters with an ellipsis (values echoed in messages)."""
     return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+class SamplesError(ReportError):
+    """A report's per-sample side file (``<report>.samples.npz``) is missing, belongs to
+    another report, or is malformed."""
+
+
+class PairingError(ArmetricsError):
+    """Two reports cannot be compared sample by sample: they were measured on different
+    images, with different seeds, or on different samples."""

@@ -78,13 +78,20 @@ class ModelInfo:
     dataset: str | None = None
     threat_model: str | None = None
     preprocessing: str | None = None
+    #: ``(C, H, W)`` of one input the model expects, when the source says so (a zoo
+    #: entry: 32 px for CIFAR, its preprocessing's crop for ImageNet; an architecture
+    #: found from the weights: its default input). Weight probes trace the model on it
+    #: when no data is given.
+    input_shape: tuple[int, int, int] | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        """The report's ``model`` section; the zoo fields only where they are set."""
+        """The report's ``model`` section; the optional fields only where they are set."""
         out = asdict(self)
-        for key in ("dataset", "threat_model", "preprocessing"):
+        for key in ("dataset", "threat_model", "preprocessing", "input_shape"):
             if out[key] is None:
                 del out[key]
+        if "input_shape" in out:
+            out["input_shape"] = list(out["input_shape"])
         return out
 
 
@@ -726,6 +733,7 @@ def _identified(path: Path, obj: Any, state: dict, dataset: str, threat_model: s
 
     found, model = signature.identify(state, load, logits_of)
     info.arch = found.spec
+    info.input_shape = found.input_shape
     info.notes.append(found.message)
     if found.spec.startswith("robustbench:"):
         _zoo_fields(info, found.spec, dataset, threat_model)
@@ -757,6 +765,7 @@ def _zoo_fields(info: ModelInfo, spec: str, dataset: str, threat_model: str) -> 
     ds, tm, name = _robustbench.parse_name(spec, dataset, threat_model)
     info.dataset, info.threat_model = ds, tm
     info.preprocessing = _robustbench.preprocessing(name, ds, tm)
+    info.input_shape = _robustbench.input_shape(name, ds, tm)
 
 
 def _load_robustbench(source, model_dir, dataset, threat_model, trusted):

@@ -14,6 +14,7 @@ labels are :mod:`armetrics.data`'s (docs/data.md, ".npz: headers first").
 from __future__ import annotations
 
 import contextlib
+import io
 import math
 import os
 import struct
@@ -78,12 +79,18 @@ def _read_npy_header(f) -> tuple:
 class _Npz:
     """An .npz opened without trusting it: headers first, then only the bytes needed."""
 
-    def __init__(self, path: Path, st: os.stat_result):
-        self.path, self.size = path, st.st_size
-        try:
-            self.fh = open(path, "rb")
-        except OSError as exc:
-            raise read_error(path, exc, "data file", DataError) from None
+    def __init__(self, path: Path, st: os.stat_result | None, *, data: bytes | None = None):
+        """Open ``path`` (``st``: its ``os.stat``), or read ``data`` (the file's bytes,
+        already in memory; ``path`` then only names it in messages)."""
+        self.path = path
+        if data is not None:
+            self.size, self.fh = len(data), io.BytesIO(data)
+        else:
+            self.size = st.st_size
+            try:
+                self.fh = open(path, "rb")
+            except OSError as exc:
+                raise read_error(path, exc, "data file", DataError) from None
         try:
             self.zf = zipfile.ZipFile(self.fh)
             self.members = {}
@@ -280,3 +287,15 @@ def _runs(rows: np.ndarray) -> Iterator[tuple[int, int]]:
     starts, stops = np.r_[0, breaks], np.r_[breaks, len(rows)]
     for s, e in zip(starts, stops):
         yield int(rows[s]), int(rows[e - 1]) + 1
+
+
+def npz_bytes(values: "dict[str, np.ndarray]") -> bytes:
+    """An ``.npz`` (as ``np.savez`` writes it, stored, readable by ``np.load``) of
+    ``values`` by name, in memory. Unlike ``np.savez(**values)`` any name works as a key
+    (also ``file`` or ``allow_pickle``); no pickles."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED, allowZip64=True) as z:
+        for name, array in values.items():
+            with z.open(f"{name}.npy", "w", force_zip64=True) as f:
+                np.lib.format.write_array(f, np.asanyarray(array), allow_pickle=False)
+    return buf.getvalue()

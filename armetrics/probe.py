@@ -16,6 +16,10 @@ Life cycle, driven by :func:`armetrics.engine.analyze`::
     for batch in data:               # only when probe.needs_data and wants_batch(...)
         probe.update(batch)          # batch.logits, batch.features[name], batch.graph
     result = probe.compute()         # -> ProbeResult
+
+Per-sample values (one number, or one per layer row, for each sample the probe saw) go
+into a :class:`SampleRecorder` state and come back as ``ProbeResult.samples``; the
+engine writes them into the report's ``.samples.npz`` side file (:mod:`armetrics.samples`).
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar, Mapping
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -55,6 +60,9 @@ class Context:
     input_shape: tuple[int, ...] | None = None
     results: dict[str, "ProbeResult"] = field(default_factory=dict)
     out_path: str | None = None
+    #: whether probes keep per-sample values for the report's ``.samples.npz`` side file
+    #: (``analyze(samples=...)``; probes read it through :meth:`Probe.keeps_samples`)
+    samples: bool = True
 
 
 @dataclass
@@ -131,6 +139,57 @@ class Batch:
 
 
 @dataclass
+class Samples:
+    """A probe's per-sample values, keyed by sample position.
+
+    index: int64 (N,), ascending and unique: each value's position in the run's data
+        order (0 .. n-1; ``source_index`` in the side file maps it to the image).
+    columns: by name, float64 / bool / int64 arrays of shape (N,) (one value per sample)
+        or (N, L) (one per layer row, in the order of ``rows``).
+    units: by column name, what the value means and its units (e.g. ``"probability"``).
+    rows: names of the L layer rows of the 2-D columns (the probe's report layer rows),
+        None when every column is 1-D.
+    """
+
+    index: np.ndarray
+    columns: dict[str, np.ndarray]
+    units: dict[str, str] = field(default_factory=dict)
+    rows: list[str] | None = None
+
+
+class SampleRecorder:
+    """Mergeable per-sample columns: chunks of ``(index, {name: values})`` added batch by
+    batch (a few numbers per sample, never features), concatenated on merge and ordered
+    by index in :meth:`result`, so merged shards equal one run. Declare it as a state:
+    ``self.add_state("per_sample", SampleRecorder(), "merge")``."""
+
+    def __init__(self) -> None:
+        self.chunks: list[tuple[torch.Tensor, dict[str, torch.Tensor]]] = []
+
+    def add(self, index: torch.Tensor, **columns: torch.Tensor) -> None:
+        """Record the values of the samples at run positions ``index`` (B,)."""
+        self.chunks.append((index.detach().long().cpu(),
+                            {k: v.detach().cpu() for k, v in columns.items()}))
+
+    def merge(self, other: "SampleRecorder") -> None:
+        self.chunks.extend(other.chunks)
+
+    def result(self, units: Mapping[str, str], rows: list[str] | None = None) -> Samples | None:
+        """The recorded values ordered by sample position (float columns as float64), or
+        None when nothing was recorded."""
+        if not self.chunks:
+            return None
+        index = torch.cat([i for i, _ in self.chunks])
+        order = torch.argsort(index)
+        columns = {}
+        for name in self.chunks[0][1]:
+            values = torch.cat([c[name] for _, c in self.chunks])[order]
+            columns[name] = (values.double() if values.is_floating_point() else values).numpy()
+        return Samples(index=index[order].numpy().astype(np.int64), columns=columns,
+                       units={k: units[k] for k in columns if k in units}, rows=rows)
+
+
+@dataclass
 class ProbeResult:
     """What a probe returns.
 
@@ -141,6 +200,8 @@ class ProbeResult:
     files: side files of the report by suffix (``{".spectrum.npz": b"..."}``), not part
         of the JSON: ``Report.save(path)`` writes them beside the report (``r.json`` ->
         ``r.spectrum.npz``) together with it, so nothing is written during the run.
+    samples: per-sample values (:class:`Samples`), which the engine writes into the
+        report's ``.samples.npz`` side file; None for none.
     """
 
     summary: dict[str, float]
@@ -148,6 +209,7 @@ class ProbeResult:
     distributions: dict[str, dict[str, Any]] = field(default_factory=dict)
     details: dict[str, Any] = field(default_factory=dict)
     files: dict[str, bytes] = field(default_factory=dict)
+    samples: Samples | None = None
 
 
 @dataclass(frozen=True)
@@ -388,6 +450,11 @@ class Probe:
     def setup(self, ctx: Context) -> None:
         """Called once before the data pass (or before ``compute`` for weight-only probes)."""
         self.ctx = ctx
+
+    @property
+    def keeps_samples(self) -> bool:
+        """Whether to record per-sample values (``Context.samples``; True before setup)."""
+        return self.ctx is None or self.ctx.samples
 
     def feature_layers(self) -> list[str]:
         """Module names whose outputs this probe wants in ``batch.features``."""

@@ -93,6 +93,22 @@ def _shown(path: str | Path) -> str:
     return one_line(str(path))
 
 
+def shown_path(path: "str | os.PathLike | None") -> str | None:
+    """A path as pages, cards and tables show it: relative to the working directory
+    when under it, else its file name — nothing armetrics writes for people to share
+    carries an absolute path of the machine that made it. Non-paths (``robustbench:``
+    names, ``<in-memory>``) and relative paths are returned as they are."""
+    if path is None:
+        return None
+    p = Path(path)
+    if not p.is_absolute():
+        return str(path)
+    try:
+        return str(p.resolve().relative_to(Path.cwd().resolve()))
+    except (ValueError, OSError):
+        return p.name
+
+
 def _realpath(path: Path) -> Path:
     try:
         return Path(os.path.realpath(path))
@@ -266,11 +282,14 @@ class Report:
 
     ``files``: side files by suffix (``{".spectrum.npz": b"..."}``), written by
     :meth:`save` beside the report; not part of the JSON, not read back by :meth:`load`.
+    ``path``: the file :meth:`load` read the report from (None for a report made in this
+    process), where readers of side files (:mod:`armetrics.samples`) look for them.
     """
 
     def __init__(self, data: dict[str, Any], files: Mapping[str, bytes] | None = None):
         validate(data)
         self.data = data
+        self.path: Path | None = None
         self.files: dict[str, bytes] = {}
         for suffix, content in (files or {}).items():
             if not isinstance(suffix, str) or not SIDE_SUFFIX.fullmatch(suffix) or suffix == ".json":
@@ -368,9 +387,11 @@ class Report:
             raise ReportError(f"{_shown(path)} is not JSON ({one_line(str(exc))[:160]}): pass a report written "
                               f"by armetrics analyze") from None
         try:
-            return cls(data)
+            report = cls(data)
         except ReportError as exc:
             raise ReportError(f"{_shown(path)}: {exc}") from None
+        report.path = path
+        return report
 
 
 def _nonfinite(_constant: str) -> None:
@@ -405,7 +426,9 @@ def validate(data: Any) -> None:
       or lists; ``distributions`` objects with numeric (or null) lists ``edges`` and
       ``counts``, ``len(counts) == len(edges) - 1``, numeric ``underflow``/``overflow``;
       ``details`` an object or null; ``seconds`` a number or null;
-    - ``run``, when present, an object.
+    - ``run``, when present, an object; ``samples``, when present, an object with string
+      ``format``, ``sha256``, a side-file ``suffix``, integer ``n``/``bytes`` and an
+      object ``probes`` (the side file itself is checked when read, :mod:`armetrics.samples`).
     """
     if not isinstance(data, dict):
         raise ReportError("not an armetrics report (expected a JSON object)")
@@ -431,11 +454,30 @@ def validate(data: Any) -> None:
     if data["data"] is not None:
         if not isinstance(data["data"].get("source"), str):
             raise ReportError("malformed report: field 'data.source' is missing or not a string")
-        _check_fields(data["data"], "data", {"n": _INT, "seed": _INT, "num_classes": _INT, "classes": _STRS})
+        _check_fields(data["data"], "data", {"n": _INT, "seed": _INT, "num_classes": _INT, "classes": _STRS,
+                                             "content": _STR, "fingerprint": _STR})
     if "run" in data and not isinstance(data["run"], (dict, type(None))):
         raise ReportError("malformed report: field 'run' is not an object")
+    if data.get("samples") is not None:
+        _check_samples(data["samples"])
     for name, probe in data["probes"].items():
         _check_probe(name, probe)
+
+
+def _check_samples(section: Any) -> None:
+    """The ``samples`` section (the per-sample side file's description): the fields
+    :meth:`Report.save` and :mod:`armetrics.samples` rely on before reading the file."""
+    if not isinstance(section, dict):
+        raise ReportError("malformed report: field 'samples' is not an object")
+    for key in ("format", "sha256"):
+        if not isinstance(section.get(key), str):
+            raise ReportError(f"malformed report: field 'samples.{key}' is missing or not a string")
+    suffix = section.get("suffix")
+    if not isinstance(suffix, str) or not SIDE_SUFFIX.fullmatch(suffix) or suffix == ".json":
+        raise ReportError("malformed report: field 'samples.suffix' is not a side-file suffix such as '.samples.npz'")
+    _check_fields(section, "samples", {"n": _INT, "bytes": _INT})
+    if not isinstance(section.get("probes"), dict):
+        raise ReportError("malformed report: field 'samples.probes' is missing or not an object")
 
 
 def _check_probe(name: str, probe: Any) -> None:

@@ -153,8 +153,8 @@ def build_empty(make: Callable[[], Any]):
     parameters there (a constructor that also reads its buffers)."""
     import torch
 
-    try:
-        with torch.device("meta"), _skip_init_on_meta():
+    try:  # registration moves to meta too: the legacy torch.Tensor(n, m) ignores the device context
+        with torch.device("meta"), _registered_on_meta(buffers=True), _skip_init_on_meta():
             return make()
     except Exception:
         pass
@@ -241,7 +241,7 @@ def build_index(sources: Sequence[str] | None = None, only: Callable[[str], bool
     _write(index_path.parent / ".write-test", b"")
     (index_path.parent / ".write-test").unlink()
     candidates: list[dict] = []
-    keys: dict[str, list] = {}
+    keys: dict[str, str] = {}  # digest -> its sorted [key, shape] list as JSON text (compact while building)
     skipped: list[str] = []
     count = 0
     with warnings.catch_warnings(), rb._quiet(), rb._offline():
@@ -260,13 +260,15 @@ def build_index(sources: Sequence[str] | None = None, only: Callable[[str], bool
                     continue
                 canon = canonical(shapes_of(model.state_dict()))
                 d = digest(canon)
-                keys.setdefault(d, sorted([k, list(v)] for k, v in canon.items()))
+                if d not in keys:
+                    keys[d] = json.dumps(sorted([k, list(v)] for k, v in canon.items()), separators=(",", ":"))
                 candidates.append(asdict(Candidate(
                     spec=spec, source=src, arch=type(model).__name__,
                     parameters=int(sum(p.numel() for p in model.parameters())), digest=d,
                     build=hashlib.sha256(repr(model).encode()).hexdigest()[:16], input_shape=tuple(size))))
                 del model
-    _write(keys_path, gzip.compress(json.dumps(keys, separators=(",", ":")).encode(), mtime=0))
+    body = "{" + ",".join(f"{json.dumps(d)}:{text}" for d, text in keys.items()) + "}"
+    _write(keys_path, gzip.compress(body.encode(), mtime=0))
     _write(index_path, json.dumps({"format": FORMAT, "versions": versions_key(), "created": time.time(),
                                    "sources": list(sources), "candidates": candidates, "skipped": skipped},
                                   separators=(",", ":")).encode())
@@ -330,22 +332,63 @@ def load_index(directory: Path | None = None) -> Index | None:
     return Index(cands, keys_path)
 
 
-def index(progress: Callable[[int, str], None] | None = None) -> Index:
-    """The index, built first when the installed versions have none."""
+def index(build: Callable[[], Any] | None = None) -> Index:
+    """The index, built first when the installed versions have none: by ``build()``,
+    by default :func:`build_in_child`."""
     found = load_index()
     if found is not None:
         return found
     print(f"armetrics: indexing the architectures of RobustBench, torchvision and timm for the installed versions "
           f"(once per version; minutes) in {cache_dir()}", file=sys.stderr, flush=True)
     try:
-        build_index(progress=progress)
+        (build or build_in_child)()
     except OSError as exc:
-        raise LoadError(f"cannot write the architecture index in {cache_dir()} ({exc.strerror or exc}): "
-                        f"set ARMETRICS_CACHE_DIR to a writable directory, or pass --arch SPEC") from None
+        raise _unwritable(exc) from None
     found = load_index()
     if found is None:
         raise LoadError(f"the architecture index in {cache_dir()} could not be read back: pass --arch SPEC")
     return found
+
+
+def _unwritable(exc: OSError) -> LoadError:
+    return LoadError(f"cannot write the architecture index in {cache_dir()} ({exc.strerror or exc}): "
+                     f"set ARMETRICS_CACHE_DIR to a writable directory, or pass --arch SPEC")
+
+
+#: The building interpreter's allocator setting: glibc's mmap threshold fixed at 128 KiB,
+#: so the large transient tensors some constructors allocate (BEiT-L/512 built with its
+#: buffers on ``meta``: ~850 MB, all freed) go back to the system when freed instead of
+#: staying in the heap (glibc's dynamic threshold grows to 32 MiB). Not set in the
+#: analysing process, whose tensors are better served by the dynamic threshold.
+BUILD_ENV = {"MALLOC_MMAP_THRESHOLD_": "131072"}
+
+
+def build_in_child(only: str | None = None) -> None:
+    """:func:`build_index` in a fresh interpreter with :data:`BUILD_ENV` (``only``: build
+    just that spec, for tests): its memory is the child's, released when it exits, and
+    bounded (``benchmarks/identify.py``). LoadError (the child's one line) when it fails."""
+    import subprocess
+
+    cmd = [sys.executable, "-m", "armetrics.signature", *(["--only", only] if only else [])]
+    proc = subprocess.run(cmd, env={**os.environ, **BUILD_ENV}, stdin=subprocess.DEVNULL,
+                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    if proc.returncode != 0:
+        lines = proc.stderr.decode("utf-8", "replace").strip().splitlines()
+        last = one_line(lines[-1])[:400] if lines else f"exit status {proc.returncode}"
+        raise LoadError(last.removeprefix("error: ") if last.startswith("error: ")
+                        else f"building the architecture index failed ({last}): pass --arch SPEC")
+
+
+def _main(argv: Sequence[str]) -> int:
+    """``python -m armetrics.signature [--only SPEC]``: build the index (one line on
+    stderr and exit 1 on failure)."""
+    only = argv[argv.index("--only") + 1] if "--only" in argv else None
+    try:
+        build_index(only=only.__eq__ if only else None)
+    except OSError as exc:
+        print(f"error: {_unwritable(exc)}", file=sys.stderr)
+        return 1
+    return 0
 
 
 # --------------------------------------------------------------------------- matching
@@ -357,6 +400,8 @@ class Identified:
     arch: str
     matches: list[Candidate]
     message: str
+    #: the chosen candidate's default input (C, H, W)
+    input_shape: tuple[int, ...] | None = None
 
 
 def _describe(c: Candidate) -> str:
@@ -411,7 +456,8 @@ def identify(state: dict, load: Callable[[str], Any], logits_of: Callable[[Any, 
     others = len(matches) - 1
     also = f" and {others} other {'entry' if others == 1 else 'entries'} with identical signatures" if others else ""
     message = f"architecture: {chosen.arch} ({chosen.spec}{also}), 100% of keys and shapes"
-    return Identified(spec=chosen.spec, arch=chosen.arch, matches=matches, message=message), model
+    return Identified(spec=chosen.spec, arch=chosen.arch, matches=matches, message=message,
+                      input_shape=tuple(chosen.input_shape)), model
 
 
 def _logits_or_none(load, logits_of, cand: Candidate, shape: tuple):
@@ -428,3 +474,7 @@ def _close(ref, other) -> bool:
         return False
     spread = float((ref - ref.mean(0)).abs().max())
     return float((ref - other).abs().max()) <= 1e-4 * float(ref.abs().max()) + 1e-3 * spread
+
+
+if __name__ == "__main__":
+    sys.exit(_main(sys.argv[1:]))

@@ -152,7 +152,7 @@ def model_data_spec(model: str, load_kwargs: dict, data_spec: dict | None) -> di
 
 
 def fingerprint(model: str, load_kwargs: dict, data_spec: dict | None, probes, options, seed: int,
-                data_id: str | None = None) -> str:
+                data_id: str | None = None, samples: bool = True) -> str:
     """What determines a model's report; equal fingerprints mean the report can be reused:
     the model (resolved path and weight file hashes), the ``--arch`` code's hash, the
     loading options, probe configs, the data selection and its content (``data_id``,
@@ -171,6 +171,8 @@ def fingerprint(model: str, load_kwargs: dict, data_spec: dict | None, probes, o
         "data_content": data_id,
         "seed": seed,
     }
+    if not samples:  # (only then: fingerprints of default runs stay as they were)
+        key["samples"] = False
     return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()
 
 
@@ -186,7 +188,7 @@ def existing_fingerprint(path: Path) -> str | None:
 
 
 def analyze_one(model: str, load_kwargs: dict, data: Any, probes, options, seed: int, device: str, progress,
-                out_path: str | Path | None = None):
+                out_path: str | Path | None = None, samples: bool = True):
     """Load and analyze one model; the :class:`~armetrics.report.Report` (None on a
     non-zero rank). ``data`` is a Data or a spec dict for :func:`armetrics.data.load_data`
     (what a remote task receives)."""
@@ -197,17 +199,19 @@ def analyze_one(model: str, load_kwargs: dict, data: Any, probes, options, seed:
     if isinstance(data, dict):
         data = load_data(**data)
     net = load_model(model, **load_kwargs)
-    return analyze(net, data, probes, options=options, seed=seed, device=device, progress=progress, out_path=out_path)
+    return analyze(net, data, probes, options=options, seed=seed, device=device, progress=progress, out_path=out_path,
+                   samples=samples)
 
 
 def run_sweep(models: Sequence[str], out_dir: Path, load_kwargs: dict, data, probes, options, seed: int,
               device: str, progress, data_spec: dict | None = None, executor: str = "local",
               ray_address: str | None = None, task_cpus: float = 1, task_gpus: float = 0,
-              inputs: Sequence[str | Path] = (), on_event: OnEvent | None = None) -> list[Row]:
+              inputs: Sequence[str | Path] = (), on_event: OnEvent | None = None, samples: bool = True) -> list[Row]:
     """Analyze each model into ``out_dir/<name>.json``; one :data:`Row` per distinct model,
     in the order of ``models``. ``inputs``: files the sweep reads (``--arch`` file, data file)
     besides the models; no report or side file may resolve to one of them. ``progress``: the
-    tqdm bar of each analysis; ``on_event`` (see :data:`OnEvent`) is called on rank 0 only."""
+    tqdm bar of each analysis; ``on_event`` (see :data:`OnEvent`) is called on rank 0 only.
+    ``samples``: write per-sample side files (a report is up to date only with its own)."""
     from . import distributed
     from .report import Report
 
@@ -221,7 +225,8 @@ def run_sweep(models: Sequence[str], out_dir: Path, load_kwargs: dict, data, pro
     specs = {m: model_data_spec(m, load_kwargs, data_spec) for m in names}
     data_of = _data_cache(data, data_spec)
     rows, todo = _plan(names, out_dir, protected, lambda model: fingerprint(
-        model, load_kwargs, specs[model], probes, options, seed, _content_id(data_of(specs[model]))))
+        model, load_kwargs, specs[model], probes, options, seed, _content_id(data_of(specs[model])), samples),
+        samples)
 
     def done() -> int:  # models finished so far (ok or failed), for the progress events
         return sum(1 for status, _ in rows.values() if status != "skipped")
@@ -244,14 +249,15 @@ def run_sweep(models: Sequence[str], out_dir: Path, load_kwargs: dict, data, pro
         notify("ok", model, done(), len(todo))
 
     if executor == "ray":
-        _run_ray(todo, finished, load_kwargs, specs, probes, options, seed, device, ray_address, task_cpus, task_gpus)
+        _run_ray(todo, finished, load_kwargs, specs, probes, options, seed, device, ray_address, task_cpus, task_gpus,
+                 samples)
     else:
         for model, path, fp in todo:
             notify("start", model, done(), len(todo))
             t = time.perf_counter()
             try:
                 result: Any = analyze_one(model, load_kwargs, data_of(specs[model]), probes, options, seed, device,
-                                          progress, out_path=path)
+                                          progress, out_path=path, samples=samples)
             except FAILURES as exc:
                 result = exc
             finished(model, path, fp, result, time.perf_counter() - t)
@@ -283,10 +289,11 @@ def _content_id(data) -> str | None:
     return data.fingerprint() if data is not None and hasattr(data, "fingerprint") else None
 
 
-def _plan(names: dict[str, str], out_dir: Path, protected: list, fingerprint_of: Callable[[str], str]
-          ) -> tuple[dict[str, tuple[str, str]], list[tuple[str, Path, str]]]:
+def _plan(names: dict[str, str], out_dir: Path, protected: list, fingerprint_of: Callable[[str], str],
+          samples: bool = True) -> tuple[dict[str, tuple[str, str]], list[tuple[str, Path, str]]]:
     """Rows already known (``failed``: a refused path or an unreadable model; ``skipped``: an
-    up-to-date report) and what is left to analyze: ``(model, report path, fingerprint)``."""
+    up-to-date report, with its per-sample side file when ``samples``) and what is left to
+    analyze: ``(model, report path, fingerprint)``."""
     from .report import check_output_path
 
     rows: dict[str, tuple[str, str]] = {}
@@ -299,11 +306,27 @@ def _plan(names: dict[str, str], out_dir: Path, protected: list, fingerprint_of:
         except FAILURES as exc:
             rows[model] = ("failed", first_line(exc))
             continue
-        if path.exists() and existing_fingerprint(path) == fp:
+        if path.exists() and existing_fingerprint(path) == fp and (not samples or _has_samples(path)):
             rows[model] = ("skipped", f"{path} is up to date")
         else:
             todo.append((model, path, fp))
     return rows, todo
+
+
+def _has_samples(path: Path) -> bool:
+    """Whether the report at ``path`` has its per-sample side file, intact (a report
+    without data, e.g. ``spectrum`` alone, has none to have)."""
+    from .report import Report
+    from .samples import load
+
+    try:
+        report = Report.load(path)
+        if report.data.get("data") is None:
+            return True
+        load(report)
+    except ArmetricsError:
+        return False
+    return True
 
 
 def _prepare_out_dir(out_dir: Path, main: bool) -> None:
@@ -316,7 +339,8 @@ def _prepare_out_dir(out_dir: Path, main: bool) -> None:
             stale.unlink(missing_ok=True)
 
 
-def _run_ray(todo, finished: Callable, load_kwargs, specs: dict, probes, options, seed, device, address, cpus, gpus) -> None:
+def _run_ray(todo, finished: Callable, load_kwargs, specs: dict, probes, options, seed, device, address, cpus, gpus,
+             samples: bool = True) -> None:
     try:
         import ray
     except ImportError:
@@ -343,7 +367,8 @@ def _run_ray(todo, finished: Callable, load_kwargs, specs: dict, probes, options
 
         t = time.perf_counter()
         try:
-            report = sw.analyze_one(model, load_kwargs, data_spec, probes, options, seed, device, False, out_path=path)
+            report = sw.analyze_one(model, load_kwargs, data_spec, probes, options, seed, device, False, out_path=path,
+                                    samples=samples)
             return (None if report is None else (report.to_dict(), report.files)), time.perf_counter() - t
         except sw.FAILURES as exc:
             return ArmetricsError(f"{type(exc).__name__}: {first_line(exc)}") if not isinstance(exc, ArmetricsError) else exc, time.perf_counter() - t

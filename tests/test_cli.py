@@ -176,6 +176,19 @@ def test_sweep_returns_rows_and_prints_nothing(tmp_path, capsys):
     assert again == [(CKPT, "skipped", f"{tmp_path / 'out' / 'small_cnn_eps0.json'} is up to date")]
 
 
+def test_sweep_redoes_a_report_whose_side_file_is_gone(tmp_path):
+    from armetrics.sweep import run_sweep
+
+    data = am.load_data("cifar10-sample", n=8)
+    args = (tmp_path / "out", {"arch": ARCH}, data, "confidence", {}, 0, "cpu", False)
+    assert [s for _, s, _ in run_sweep([CKPT], *args)] == ["ok"]
+    side = tmp_path / "out" / "small_cnn_eps0.samples.npz"
+    assert side.exists()
+    assert [s for _, s, _ in run_sweep([CKPT], *args)] == ["skipped"]
+    side.unlink()
+    assert [s for _, s, _ in run_sweep([CKPT], *args)] == ["ok"] and side.exists()
+
+
 def test_every_submodule_is_an_attribute_and_import_is_light():
     import subprocess
     import sys

@@ -213,21 +213,36 @@ def option_mentions(text: str, probes: set[str]) -> list[tuple[str, str, int]]:
     return found
 
 
-def test_every_probe_option_named_in_the_docs_exists(example_probe):
+def summary_keys_by_probe(model: nn.Module, data_path: Path) -> dict[str, set[str]]:
+    """The summary keys each built-in probe reports with its default options (run on a
+    tiny model): the ``probe.key`` names of audit policies and ``summary.csv`` columns."""
+    builtin = [n for n in list_probes() if am.get_probe(n).__module__.startswith("armetrics.probes.")]
+    report = am.analyze(model, am.load_data(data_path, n=8, batch_size=8), probes=builtin, seed=0, progress=False)
+    return {name: set(report.summary(name)) for name in report.probes}
+
+
+def test_every_probe_option_named_in_the_docs_exists(example_probe, tiny_net, tiny_npz):
     """`--set probe.option=...` and `probe.option` anywhere in the docs (code blocks
-    included; the example probe of writing-a-probe.md registered) name real options."""
+    included; the example probe of writing-a-probe.md registered) name real options —
+    or, for `probe.key` outside `--set`, a summary key the probe reports (audit policies)."""
     options = options_by_probe()
     assert EXAMPLE_PROBE in options
+    keys = summary_keys_by_probe(tiny_net, tiny_npz)
+    assert {"ece", "accuracy"} <= keys["confidence"] and "robust_accuracy" in keys["robust_accuracy"]
     bad = []
     for doc in DOC_FILES:
         text = doc.read_text()
         for probe, option, line in option_mentions(text, set(options)):
-            if option not in options[probe]:
-                bad.append(f"{rel(doc)}:{line}: {probe}.{option} (options of {probe}: {', '.join(sorted(options[probe]))})")
+            if option not in options[probe] and option not in keys.get(probe, ()):
+                bad.append(f"{rel(doc)}:{line}: {probe}.{option} (options of {probe}: {', '.join(sorted(options[probe]))}; "
+                           f"summary keys: {', '.join(sorted(keys.get(probe, ())))})")
         for m in SET_REF.finditer(text):
-            probe = m.group(1)
+            probe, line = m.group(1), text.count(chr(10), 0, m.start()) + 1
             if probe not in PLACEHOLDERS and probe not in options:
-                bad.append(f"{rel(doc)}:{text.count(chr(10), 0, m.start()) + 1}: --set {probe}.{m.group(2)}: no probe {probe!r}")
+                bad.append(f"{rel(doc)}:{line}: --set {probe}.{m.group(2)}: no probe {probe!r}")
+            elif probe in options and m.group(2) not in options[probe]:  # a summary key is no option
+                bad.append(f"{rel(doc)}:{line}: --set {probe}.{m.group(2)}: not an option of {probe} "
+                           f"({', '.join(sorted(options[probe]))})")
     assert not bad, "options named in the docs that do not exist:\n" + "\n".join(bad)
 
 

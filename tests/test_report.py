@@ -20,12 +20,15 @@ def report(tiny_net, tiny_npz):
     return am.analyze(tiny_net, am.load_data(tiny_npz), ["accuracy"])
 
 
-def test_schema_sections(report, tiny_net):
+def test_schema_sections(report, tiny_net, tiny_npz):
     d = report.to_dict()
     assert d["schema"] == SCHEMA == "armetrics.report/1"
     assert d["model"]["num_parameters"] == sum(p.numel() for p in tiny_net.parameters())
     assert len(d["model"]["sha256"]) == 64
-    assert d["data"] == {"source": d["data"]["source"], "n": 64, "seed": 0, "num_classes": 10, "classes": []}
+    data = am.load_data(tiny_npz)  # the identity of the images (what claims pair reports by)
+    assert d["data"] == {"source": d["data"]["source"], "n": 64, "seed": 0, "num_classes": 10, "classes": [],
+                         "content": data.content_id(), "fingerprint": data.fingerprint()}
+    assert d["data"]["content"].startswith("npz:") and len(d["data"]["fingerprint"]) == 64
     assert d["environment"]["torch"] == torch.__version__
     p = d["probes"]["accuracy"]
     assert set(p) >= {"config", "summary", "layers", "distributions", "seconds"}

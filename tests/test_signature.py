@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
 
 import pytest
 import torch
@@ -184,14 +185,14 @@ def test_index_rebuilt_when_a_version_changes(tmp_path, monkeypatch):
         yield ("torchvision.models:fake", "torchvision", lambda: nn.Linear(2, 2), (2,))
 
     monkeypatch.setattr(sig, "SOURCES", {"torchvision": source})
-    first = sig.index()
+    first = sig.index(sig.build_index)  # in this process, where the fake source is
     assert built == [1] and [c.spec for c in first.candidates] == ["torchvision.models:fake"]
     assert first.candidates[0].parameters == 6
-    sig.index()
+    sig.index(sig.build_index)
     assert built == [1]  # cached
     real = sig.importlib.metadata.version
     monkeypatch.setattr(sig.importlib.metadata, "version", lambda pkg: "99.0" if pkg == "timm" else real(pkg))
-    sig.index()
+    sig.index(sig.build_index)
     assert built == [1, 1] and len(list(tmp_path.glob("architectures-*-keys.json.gz"))) == 2
 
 
@@ -204,7 +205,7 @@ def test_a_tampered_index_is_rebuilt_not_imported(tmp_path, monkeypatch):
     raw["candidates"][0]["spec"] = "os:system"
     path.write_text(json.dumps(raw))
     assert sig.load_index() is None
-    assert [c.spec for c in sig.index().candidates] == ["torchvision.models:fake"]
+    assert [c.spec for c in sig.index(sig.build_index).candidates] == ["torchvision.models:fake"]
 
 
 def test_cli_says_what_it_chose(index_dir, tmp_path, cli_inproc):
@@ -233,9 +234,32 @@ def test_hostile_checkpoints_and_cache(index_dir, tmp_path, monkeypatch):
     blocker = tmp_path / "file"
     blocker.write_text("x")
     monkeypatch.setenv("ARMETRICS_CACHE_DIR", str(blocker / "sub"))
-    with pytest.raises(LoadError) as err:
-        sig.index()
-    assert "cannot write the architecture index in" in str(err.value) and "ARMETRICS_CACHE_DIR" in str(err.value)
+    for build in (sig.build_index, None):  # in this process; in the child interpreter (the default)
+        with pytest.raises(LoadError) as err:
+            sig.index(build)
+        assert "cannot write the architecture index in" in str(err.value) and "ARMETRICS_CACHE_DIR" in str(err.value)
+        assert str(blocker / "sub") in str(err.value) and "\n" not in str(err.value)
+
+
+def test_the_default_build_runs_in_a_child_with_its_allocator_setting(tmp_path, monkeypatch):
+    """index() builds in a fresh interpreter (given BUILD_ENV); this process never builds."""
+    monkeypatch.setenv("ARMETRICS_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(sig, "build_index", lambda **kw: pytest.fail("built in the analysing process"))
+    seen = {}
+    import subprocess
+
+    real_run = subprocess.run
+
+    def run(cmd, **kw):
+        seen.update(cmd=cmd, env=kw["env"])
+        return real_run(cmd, **kw)
+
+    monkeypatch.setattr(subprocess, "run", run)
+    sig.build_in_child(only="torchvision.models:resnet18")
+    assert seen["cmd"][1:3] == ["-m", "armetrics.signature"]
+    assert seen["env"]["MALLOC_MMAP_THRESHOLD_"] == "131072" and seen["env"]["ARMETRICS_CACHE_DIR"] == os.environ["ARMETRICS_CACHE_DIR"]
+    idx = sig.load_index()
+    assert [c.spec for c in idx.candidates] == ["torchvision.models:resnet18"]
 
 
 def test_a_gzip_bomb_as_key_list_is_one_line(tmp_path, monkeypatch):

@@ -122,6 +122,18 @@ def test_reshape_end_to_end_rows_summary_histograms_and_saved_values(net, no_dat
     assert report.config("spectrum")["method"] == "reshape" and report.to_dict()["data"] is None
 
 
+def test_weight_only_run_traces_the_input_shape_the_loader_recorded(net, no_data):
+    """A zoo ImageNet model analyzed without data is traced on its own input size (the
+    loader's ``ModelInfo.input_shape``), not on CIFAR's 32 px; input_size still wins."""
+    from armetrics.loading import ModelInfo
+
+    net.armetrics_info = ModelInfo(source="x", name="x", format="module", input_shape=(3, 8, 6))
+    rows = run(net, method="fft").layers("spectrum")
+    assert [r["input_shape"] for r in rows] == [[3, 8, 6], [8, 8, 6], [32]]
+    rows = run(net, method="fft", input_size=[3, 4, 4]).layers("spectrum")
+    assert rows[0]["input_shape"] == [3, 4, 4]
+
+
 def test_fft_and_power_use_traced_input_shapes(net, no_data):
     rows = run(net, method="fft", input_size=[3, 8, 6]).layers("spectrum")
     assert [r["input_shape"] for r in rows] == [[3, 8, 6], [8, 8, 6], [32]]

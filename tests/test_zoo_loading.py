@@ -241,6 +241,24 @@ def test_arch_spec_records_entry(tmp_path):
     torch.save(model.state_dict(), path)
     m = am.load_model(path, arch="robustbench:imagenet/Linf/Salman2020Do_R18")
     assert m.armetrics_info.preprocessing == "Res256Crop224" and m.armetrics_info.dataset == "imagenet"
+    assert m.armetrics_info.input_shape == (3, 224, 224)  # the crop: what weight probes trace without data
+    assert m.armetrics_info.to_dict()["input_shape"] == [3, 224, 224]
+
+
+def test_input_shape_of_every_entry_follows_its_preprocessing():
+    from armetrics.preprocess import resolve
+
+    sides = set()
+    for ds, tm in rbm.zoo_pairs("all", "all"):
+        for name in rbm.zoo_names(ds, tm):
+            shape = rbm.input_shape(name, ds, tm)
+            if ds == "imagenet":
+                pre = resolve(rbm.preprocessing(name, ds, tm))
+                assert shape == (3, pre.crop or pre.resize, pre.crop or pre.resize), name
+                sides.add(shape[1])
+            else:
+                assert shape == (3, 32, 32), name
+    assert 224 in sides and len(sides) > 1  # e.g. Crop288 entries
 
 
 def test_wrong_file_is_one_line(tmp_path):

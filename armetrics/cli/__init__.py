@@ -133,6 +133,7 @@ def _run(argv: list[str], session: Session) -> None:
 # the commands, registered on the group (imported last: they use debug_option)
 from .analyze import analyze_cmd, probes_cmd  # noqa: E402
 from .compare import compare_cmd, zoo_cmd  # noqa: E402
+from .audit import audit_cmd  # noqa: E402
 
-for _command in (analyze_cmd, probes_cmd, compare_cmd, zoo_cmd):
+for _command in (analyze_cmd, probes_cmd, compare_cmd, zoo_cmd, audit_cmd):
     cli.add_command(_command)

@@ -154,11 +154,13 @@ def _sweep_event(event: str, model: str, done: int, total: int) -> None:
 @click.option("--ray-address", metavar="ADDR", help="Ray cluster address (default: start Ray locally).")
 @click.option("--task-cpus", type=float, default=1, show_default=True, help="CPUs each Ray task requests.")
 @click.option("--task-gpus", type=float, default=0, show_default=True, help="GPUs each Ray task requests.")
+@click.option("--no-samples", is_flag=True,
+              help="Do not write the per-sample side file (REPORT.samples.npz) that claims and audits pair models by.")
 @click.option("--quiet", is_flag=True, help="No progress bar or notes.")
 @debug_option
 def analyze_cmd(models, arch, arch_kwargs, probes, data_src, preprocess, corruption, severity, n, batch_size, seed,
                 device, sets, mean, std, model_dir, dataset, threat_model, trust_code, out, out_dir, executor,
-                ray_address, task_cpus, task_gpus, quiet) -> None:
+                ray_address, task_cpus, task_gpus, no_samples, quiet) -> None:
     """Analyze MODEL (a checkpoint file or robustbench:NAME) with the selected probes."""
     from .. import checks, distributed
     from ..engine import analyze as run_analysis, make_probes
@@ -200,7 +202,8 @@ def analyze_cmd(models, arch, arch_kwargs, probes, data_src, preprocess, corrupt
         data = load_data(**spec) if shared else None
         rows = run_sweep(models, Path(out_dir), load_kwargs, data, probes, options, seed, device, progress,
                          data_spec=spec, inputs=inputs, executor=executor, ray_address=ray_address,
-                         task_cpus=task_cpus, task_gpus=task_gpus, on_event=None if quiet else _sweep_event)
+                         task_cpus=task_cpus, task_gpus=task_gpus, on_event=None if quiet else _sweep_event,
+                         samples=not no_samples)
         if d is None or d.is_main:
             click.echo(format_sweep(rows))
         sys.exit(0 if all(status != "failed" for _, status, _ in rows) else 1)
@@ -212,7 +215,7 @@ def analyze_cmd(models, arch, arch_kwargs, probes, data_src, preprocess, corrupt
             if note.startswith("architecture: "):
                 click.echo(note, err=True)
     report = run_analysis(model, data, probes, options=options, seed=seed, device=device, progress=progress,
-                          out_path=None if out in (None, "-") else out)
+                          out_path=None if out in (None, "-") else out, samples=not no_samples)
     if report is not None:  # None: a non-zero rank of a distributed run (rank 0 reports)
         _print_report(report, out, quiet, inputs)
 

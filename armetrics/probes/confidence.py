@@ -13,7 +13,9 @@ Expected calibration error over B equal-width bins of c (bin b holds
     ECE = sum_b (n_b / N) |acc_b - conf_b| = (1/N) sum_b |correct_b - sum_{i in b} c_i|
 
 State: per-bin integer counts and exact float sums (:class:`~armetrics.stats.ExactSum`),
-fixed histograms; shards merge exactly.
+fixed histograms; shards merge exactly. Per sample (the report's side file):
+``max_prob``, ``true_prob``, ``entropy``, ``nll`` (NaN for a row of non-finite logits)
+and ``correct``.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from typing import Annotated
 import torch
 
 from ..functional import top1_correct
-from ..probe import Batch, Probe, ProbeResult, Range
+from ..probe import Batch, Probe, ProbeResult, Range, SampleRecorder
 from ..registry import register_probe
 from ..stats import MAX_BINS, ExactSum, Histogram
 
@@ -42,6 +44,12 @@ def confidence_terms(logits: torch.Tensor, y: torch.Tensor) -> dict[str, torch.T
         "nll": -logp.gather(1, y[:, None]).squeeze(1),
         "correct": top1_correct(logits, y),
     }
+
+
+#: the per-sample columns and their meaning and units
+SAMPLE_UNITS = {"max_prob": "max_j softmax(z)_j (probability)", "true_prob": "softmax(z)_y (probability)",
+                "entropy": "entropy of softmax(z) (nats)", "nll": "-log softmax(z)_y (nats)",
+                "correct": "top-1 prediction is the label (bool)"}
 
 
 def bin_index(conf: torch.Tensor, edges: torch.Tensor) -> torch.Tensor:
@@ -89,6 +97,7 @@ class Confidence(Probe):
             self.add_state(f"sum_{key}", ExactSum(), "merge")
         self.add_state("max_prob_hist", Histogram.linear(0.0, 1.0, hist_bins), "merge")
         self.add_state("entropy_hist", None, "merge")  # range [0, log K]: made at the first batch
+        self.add_state("per_sample", SampleRecorder(), "merge")
 
     def update(self, batch: Batch) -> None:
         logits, y = batch.logits, batch.y
@@ -98,6 +107,8 @@ class Confidence(Probe):
         self.n_correct += int(top1_correct(logits, y).sum())  # non-finite rows count as wrong
         t = confidence_terms(logits[finite], y[finite])
         t = {k: v.cpu() for k, v in t.items()}
+        if self.keeps_samples:
+            self._record(batch, finite.cpu(), t)
         idx = bin_index(t["max_prob"], self.edges)
         self.bin_count += torch.bincount(idx, minlength=self.bins)
         self.bin_correct += torch.bincount(idx[t["correct"]], minlength=self.bins)
@@ -110,6 +121,16 @@ class Confidence(Probe):
             self.entropy_hist = Histogram.linear(0.0, math.log(logits.shape[1]) if logits.shape[1] > 1 else 1.0,
                                                  self.hist_bins)
         self.entropy_hist.update(t["entropy"])
+
+    def _record(self, batch: Batch, finite: torch.Tensor, t: dict[str, torch.Tensor]) -> None:
+        """Each sample's terms (NaN, and not correct, where its logits are not finite)."""
+        columns = {}
+        for key in SAMPLE_UNITS:
+            full = torch.zeros(len(finite), dtype=torch.bool) if key == "correct" else \
+                torch.full((len(finite),), math.nan, dtype=torch.float64)
+            full[finite] = t[key]
+            columns[key] = full
+        self.per_sample.add(batch.offset + torch.arange(len(finite)), **columns)
 
     def compute(self) -> ProbeResult:
         valid = self.n - self.n_nonfinite
@@ -140,4 +161,5 @@ class Confidence(Probe):
         details = {"reliability": reliability,
                    "units": {"entropy": "nats", "nll": "nats", "max_prob": "probability"},
                    "ece_bins": "equal-width [lower, upper) over max-prob; the last bin also holds 1.0"}
-        return ProbeResult(summary=summary, distributions=distributions, details=details)
+        return ProbeResult(summary=summary, distributions=distributions, details=details,
+                           samples=self.per_sample.result(SAMPLE_UNITS))

@@ -14,7 +14,8 @@ Per sample with logits z (K classes) and label y:
 
 State is bounded and merges exactly: quantile sketches (relative error
 ``SKETCH_ALPHA``; their sums, hence the means, are exact), fixed-bin histograms and
-integer counts.
+integer counts. Per sample (the report's side file, exact values): ``logit_margin``,
+``prob_margin``, ``normalized_margin`` (NaN for a row of non-finite logits).
 """
 
 from __future__ import annotations
@@ -27,13 +28,17 @@ import torch
 from ..boundary import MIN_RADIUS_RATIO, boundary_distance
 from ..errors import ConfigError, ProbeError
 from ..functional import Norm, logit_margin  # noqa: F401  (logit_margin: re-exported)
-from ..probe import Batch, Context, Probe, ProbeResult, Range
+from ..probe import Batch, Context, Probe, ProbeResult, Range, SampleRecorder
 from ..registry import register_probe
 from ..stats import MAX_BINS, Histogram, QuantileSketch
 
 #: relative error of every quantile (median, q05, ...) this probe reports
 SKETCH_ALPHA = 0.005
 QUANTILES = {"q05": 0.05, "q25": 0.25, "q75": 0.75, "q95": 0.95}
+#: the per-sample columns and their meaning and units
+SAMPLE_UNITS = {"logit_margin": "z_y - max_{j!=y} z_j (logits)",
+                "prob_margin": "p_y - max_{j!=y} p_j (probability)",
+                "normalized_margin": "logit margin / ||z||_2 (scale-free)"}
 
 
 def prob_margin(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -122,6 +127,7 @@ class Margin(Probe):
         self.add_state("logit_hist", Histogram.linear(-logit_range, logit_range, bins), "merge")
         self.add_state("prob_hist", Histogram.linear(-1.0, 1.0, bins), "merge")
         self.add_state("norm_hist", Histogram.linear(-math.sqrt(2), math.sqrt(2), bins), "merge")
+        self.add_state("per_sample", SampleRecorder(), "merge")
         if input:
             for norm in self.norms:
                 self.add_state(f"input_{norm}_sketch", _sketch(), "merge")
@@ -153,8 +159,20 @@ class Margin(Probe):
                                      (self.norm_sketch, self.norm_hist, nm)):
             sketch.update(values)
             hist.update(values)
+        if self.keeps_samples:
+            self._record(batch, finite, {"logit_margin": m, "prob_margin": pm, "normalized_margin": nm})
         if self.input:
             self._update_input(batch)
+
+    def _record(self, batch: Batch, finite: torch.Tensor, values: dict[str, torch.Tensor]) -> None:
+        """Each sample's margins (NaN where its logits are not finite)."""
+        finite = finite.cpu()
+        columns = {}
+        for key, v in values.items():
+            full = torch.full((len(finite),), math.nan, dtype=torch.float64)
+            full[finite] = v.double().cpu()
+            columns[key] = full
+        self.per_sample.add(batch.offset + torch.arange(len(finite)), **columns)
 
     def _update_input(self, batch: Batch) -> None:
         finite = torch.isfinite(batch.logits).all(dim=1).cpu()
@@ -223,4 +241,5 @@ class Margin(Probe):
                 "bisection_relative_resolution": ((1 / MIN_RADIUS_RATIO) ** (2.0 ** -self.search_steps) - 1
                                                   if self.attack == "pgd" else None),
             }
-        return ProbeResult(summary=summary, distributions=distributions, details=details)
+        return ProbeResult(summary=summary, distributions=distributions, details=details,
+                           samples=self.per_sample.result(SAMPLE_UNITS))

@@ -29,7 +29,10 @@ module rows (the logits row excluded unless it is the only row) of the per-row m
 ``*_ci_high``) come from a seeded percentile bootstrap over samples.
 
 State: per sample and row a few floats (N x L, never features), concatenated on
-merge and ordered by sample index, so merged shards equal one run.
+merge and ordered by sample index, so merged shards equal one run. Per sample (the
+report's side file, one column per row in report order): ``ratio_random``,
+``ratio_worst``, ``ratio_pgd``, ``rel_ratio_random``, ``rel_ratio_worst``,
+``rel_ratio_pgd`` for the measured samples (the first ``max_samples``).
 """
 
 from __future__ import annotations
@@ -46,7 +49,7 @@ from ..errors import ProbeError, first_line
 from ..functional import flat_norm, logits as model_logits, seeded_generator, twice_differentiable
 from ..hooks import select_layers, tap_outputs
 from ..jacobian import directional_derivative_norms, top_singular_value, truncated
-from ..probe import Batch, Context, Graph, Probe, ProbeResult, Range
+from ..probe import Batch, Context, Graph, Probe, ProbeResult, Range, Samples
 from ..registry import register_probe
 from ..linalg import LINEAR_TYPES
 from ..stats import Histogram
@@ -93,6 +96,15 @@ def _deviation_loss(target: torch.Tensor):
 
 #: keys whose row means get bootstrap 95% intervals
 WITH_CI = ("ratio_random", "ratio_worst", "ratio_pgd", "anisotropy")
+#: the per-sample columns of the side file (N x L) and their meaning and units
+SAMPLE_UNITS = {
+    "ratio_random": "||h(x+delta)-h(x)|| / ||delta||, random delta (feature units per input unit)",
+    "ratio_worst": "sigma_max of dh/dx at x (feature units per input unit)",
+    "ratio_pgd": "||h(x+delta)-h(x)|| / ||delta||, L2 PGD delta (feature units per input unit)",
+    "rel_ratio_random": "ratio_random / (||h(x)|| / ||x||) (scale-free)",
+    "rel_ratio_worst": "ratio_worst / (||h(x)|| / ||x||) (scale-free)",
+    "rel_ratio_pgd": "ratio_pgd / (||h(x)|| / ||x||) (scale-free)",
+}
 
 
 @register_probe("smoothness")
@@ -324,7 +336,16 @@ class Smoothness(Probe):
             hist = Histogram(np.geomspace(1e-4, 1e4, 81))
             hist.update(per_sample[k][:, lc])
             dists[f"logit_{k}"] = hist.to_dict()
-        return ProbeResult(summary=summary, layers=layers, distributions=dists)
+        return ProbeResult(summary=summary, layers=layers, distributions=dists, samples=self._samples(per_sample))
+
+    def _samples(self, per_sample: dict[str, torch.Tensor]) -> Samples | None:
+        """The side file's per-sample ratios (N x L, rows in report order)."""
+        if not self.keeps_samples:
+            return None
+        index = torch.sort(torch.cat([c["index"] for c in self.chunks])).values
+        return Samples(index=index.numpy().astype(np.int64),
+                       columns={k: per_sample[k].double().numpy() for k in SAMPLE_UNITS},
+                       units=dict(SAMPLE_UNITS), rows=list(self.rows))
 
     def _per_sample(self) -> tuple[dict[str, torch.Tensor], int]:
         """Every sample's ratios (N, L), in sample order, and N."""

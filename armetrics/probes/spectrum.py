@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import io
 import math
 import time
-import zipfile
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -16,6 +14,7 @@ from torch import nn
 from .. import checks, interrupt
 from ..errors import ArmetricsError, ConfigError, ProbeError, first_line
 from ..hooks import select_layers
+from ..npz import npz_bytes  # noqa: F401  (re-exported: spectrum.npz_bytes)
 from ..linalg import LINEAR_TYPES, TracedLayer, all_finite, parallel_map, singular_values, trace_layers
 from ..probe import Probe, ProbeResult, Range
 from ..registry import register_probe
@@ -256,18 +255,6 @@ def values_path(report_path: str | Path) -> Path:
     """Where ``save_values`` writes: the report path with suffix ``.spectrum.npz``
     (``r.json`` -> ``r.spectrum.npz``); keys of the npz are layer names."""
     return side_path(report_path, VALUES_SUFFIX)
-
-
-def npz_bytes(values: dict[str, np.ndarray]) -> bytes:
-    """An ``.npz`` (as ``np.savez`` writes it, readable by ``np.load``) of ``values`` by
-    name, in memory. Unlike ``np.savez(**values)`` any layer name works as a key (also
-    ``file`` or ``allow_pickle``); no pickles."""
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED, allowZip64=True) as z:
-        for name, array in values.items():
-            with z.open(f"{name}.npy", "w", force_zip64=True) as f:
-                np.lib.format.write_array(f, np.asanyarray(array), allow_pickle=False)
-    return buf.getvalue()
 
 
 def _input_size(value: Any) -> tuple[int, int, int]:
