@@ -60,7 +60,7 @@ from typing import Any, Iterable, Sequence
 
 from . import __version__
 from .errors import ConfigError, ReportError, one_line
-from .report import Report, atomic_write, to_jsonable
+from .report import Report, atomic_write, shown_path, to_jsonable
 from .zoo import check_against, lookup, parse_eps
 
 FIXED_COLUMNS = ("model", "source", "sha256", "eps", "eps_from", "data_source", "data_n", "data_seed", "data_note")
@@ -106,6 +106,8 @@ class Comparison:
     figures: dict[str, Path] = field(default_factory=dict)
     correlation_csv: Path | None = None
     notes: list[str] = field(default_factory=list)
+    claims: Any = None  # the armetrics.claims.ClaimsResult shown first on the page (None: not evaluated)
+    claims_json: Path | None = None
 
 
 def _or_nan(v: Any) -> float:
@@ -360,8 +362,9 @@ def _rows(entries: Sequence[Entry], columns: Sequence[str], against: str | None)
     for e in entries:
         m, d = e.report.model, e.report.data.get("data") or {}
         row: dict[str, Any] = {
-            "model": e.label, "source": m.get("source"), "sha256": str(m.get("sha256") or "")[:12] or None,
-            "eps": e.eps, "eps_from": e.eps_from or None, "data_source": d.get("source"), "data_n": d.get("n"),
+            "model": e.label, "source": shown_path(m.get("source")), "sha256": str(m.get("sha256") or "")[:12] or None,
+            "eps": e.eps, "eps_from": e.eps_from or None, "data_source": shown_path(d.get("source")),
+            "data_n": d.get("n"),
             "data_seed": d.get("seed"), "data_note": e.data_note or None,
         }
         if against:
@@ -539,7 +542,12 @@ def _draw_figures(entries: Sequence[Entry], series: Any) -> dict[str, bytes]:
     """Every figure some report has data for, drawn into memory: ``{file name: PNG}``."""
     from . import plots
 
+    from .headline import NAME, plot_headline
+
     files = {}
+    buf = io.BytesIO()
+    if plot_headline(series, buf, eps={e.label: e.eps for e in entries}) is not None:
+        files[NAME] = buf.getvalue()
     for name, draw in plots.FIGURES.items():
         buf = io.BytesIO()
         if name == "accuracy_robust.png":
@@ -584,7 +592,8 @@ def _write_output(out: Path, files: dict[str, bytes]) -> None:
     armetrics' own files; then remove the stale files of an earlier comparison."""
     from . import plots
 
-    known = ["summary.csv", "index.html", *plots.FIGURES, "correlation.png", "correlation.csv"]
+    known = ["summary.csv", "index.html", "headline.png", "claims.json", *plots.FIGURES, "correlation.png",
+             "correlation.csv"]
     manifest, stale = _plan_output(out, files, known)
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -601,15 +610,27 @@ def _write_output(out: Path, files: dict[str, bytes]) -> None:
             pass
 
 
-def compare(reports: Sequence[Report | str | Path], out: str | Path, against: str | None = None) -> Comparison:
+def compare(reports: Sequence[Report | str | Path], out: str | Path, against: str | None = None,
+            claims: bool | None = None, reference: str | None = None) -> Comparison:
     """Compare reports (Report objects, report paths, or directories of reports): write
     ``summary.csv``, figures and ``index.html`` into ``out`` (created if needed); with
     ``against="leaderboard"`` also ``correlation.csv`` / ``correlation.png``.
+
+    ``claims``: judge the paper's claims (:func:`armetrics.claims.evaluate`) with the
+    ``reference`` model (a label, model name or report file name; default: the one
+    model with ε = 0) against the others in ε order, lead the page with the verdicts
+    and write ``claims.json``. None (default): when a reference can be identified and
+    the reports carry their per-sample side files, else a note says why not; True: an
+    error instead of the note; False: never.
 
     Raises ReportError for unreadable, foreign or newer-schema reports and for reports
     that ran a shared probe with different options; ConfigError for an unknown
     ``against``. Reports on different data selections are allowed and noted.
     """
+    if claims is not None and not isinstance(claims, bool):
+        raise ConfigError(f"claims must be True, False or None, got {claims!r}")
+    if reference is not None and not isinstance(reference, str):
+        raise ConfigError(f"reference must be a model name, got {type(reference).__name__}")
     entries, notes = _load_entries(reports, out, against)
     out = Path(out)
     columns = summary_columns(entries)
@@ -633,9 +654,15 @@ def compare(reports: Sequence[Report | str | Path], out: str | Path, against: st
     unknown = [e.label for e in entries if e.eps is None]
     if unknown and len(unknown) < len(entries):
         notes.append("ε unknown (ordered after the others): " + ", ".join(unknown) + ".")
+    from .compare_claims import judge
+
+    verdicts = None if claims is False else judge(entries, reference, required=claims is True, notes=notes)
+    if verdicts is not None:
+        files["claims.json"] = (json.dumps(verdicts.to_dict(), indent=1) + "\n").encode()
     files["index.html"] = render_html(entries, header, rows, {n: out / n for n in figure_names}, corr_rows,
-                                      notes).encode("utf-8", "backslashreplace")
+                                      notes, verdicts).encode("utf-8", "backslashreplace")
     _write_output(out, files)  # only armetrics' own files are replaced; stale ones are removed
     return Comparison(out=out, models=[e.label for e in entries], summary_csv=out / "summary.csv",
                       html=out / "index.html", figures={n: out / n for n in figure_names},
-                      correlation_csv=out / "correlation.csv" if "correlation.csv" in files else None, notes=notes)
+                      correlation_csv=out / "correlation.csv" if "correlation.csv" in files else None, notes=notes,
+                      claims=verdicts, claims_json=out / "claims.json" if verdicts is not None else None)

@@ -3,8 +3,9 @@
 :func:`render_html` turns the ordered entries, the summary table and the figures of a
 comparison into one self-contained page (inline CSS, no JS, figures linked by relative
 file name). Every value taken from a report is HTML-escaped here; the page is built from
-sections (header and notes, models, summary, probe options, figures, correlation), each
-a list of HTML lines.
+sections, findings first: header and notes, the verdicts on the paper's claims (when
+judged), the headline figure, the other figures, models, probe options, the summary
+table (folded), the correlation; each section a list of HTML lines.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from .zoo import format_eps
 from .comparison import FIXED_COLUMNS, MIN_MODELS_FOR_CORRELATION, Entry  # comparison imports this module lazily
 
 CSS = """
-body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:2em auto;max-width:1200px;
+body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:1.2em auto;max-width:1400px;
 padding:0 1em;color:#222;line-height:1.4}
 h1{font-size:1.6em}h2{font-size:1.25em;margin-top:1.8em;border-bottom:1px solid #ddd}
 table{border-collapse:collapse;font-size:0.85em;margin:0.5em 0}
@@ -30,6 +31,13 @@ th{background:#f4f4f4}td.k,th.k{text-align:left}tr.probe th{text-align:left;back
 figure{margin:1.2em 0}figure img{max-width:100%;border:1px solid #eee}figcaption{font-size:0.9em;color:#444}
 .swatch{display:inline-block;width:0.9em;height:0.9em;border-radius:2px;margin-right:0.4em;vertical-align:-0.1em}
 code{font-size:0.9em}
+tr.check td{color:#555;font-size:0.95em}tr.check td.claim{padding-left:1.6em}
+table.verdicts{font-size:0.8em;line-height:1.25}table.verdicts td{padding:2px 6px}
+td.wrap{white-space:normal;min-width:10em;max-width:34em}td.claim{max-width:24em}
+h2.findings{margin-top:0.8em}figure.headline{margin:0.6em 0}figure.headline img{max-width:100%}
+.v{font-weight:600;padding:1px 6px;border-radius:3px}.v-reproduced{background:#d8f0d8}.v-partly{background:#fbeec0}
+.v-not{background:#f7d4d4}.v-inconclusive{background:#e6e6e6}
+details{margin:1em 0}summary{cursor:pointer;font-weight:600}
 """
 
 esc = html.escape
@@ -92,7 +100,8 @@ def _summary_table(entries: Sequence[Entry], header: Sequence[str], rows: Sequen
                    hexes: Sequence[str]) -> list[str]:
     """One row per summary key (grouped under its probe), one column per model: wide
     tables read badly the other way."""
-    parts = ["<h2>Summary</h2><div class=\"scroll\"><table><tr><th class=\"k\">key</th>"
+    parts = ["<details><summary>Summary: every summary key of every model</summary>"
+             "<div class=\"scroll\"><table><tr><th class=\"k\">key</th>"
              + "".join(f"<th>{_swatch(hx)}{esc(e.label)}</th>" for e, hx in zip(entries, hexes)) + "</tr>"]
     fixed = set(FIXED_COLUMNS)
     current = None
@@ -105,7 +114,7 @@ def _summary_table(entries: Sequence[Entry], header: Sequence[str], rows: Sequen
             parts.append(f"<tr class=\"probe\"><th colspan=\"{len(entries) + 1}\">{esc(probe)}</th></tr>")
         parts.append(f"<tr><td class=\"k\">{esc(key)}</td>" + "".join(f"<td>{_fmt(r.get(col))}</td>" for r in rows)
                      + "</tr>")
-    parts.append("</table></div>")
+    parts.append("</table></div></details>")
     return parts
 
 
@@ -126,18 +135,78 @@ def _options_table(entries: Sequence[Entry]) -> list[str]:
     return parts
 
 
+def _figure(name: str, caption: str, kind: str = "") -> str:
+    cls = f" class=\"{kind}\"" if kind else ""
+    return (f"<figure{cls}><img src=\"{esc(name)}\" alt=\"{esc(caption or name)}\">"
+            f"<figcaption>{esc(caption)}</figcaption></figure>")
+
+
+def _headline(figures: dict[str, Path]) -> list[str]:
+    """The headline figure (the paper's four quantities side by side), when drawn."""
+    from .headline import CAPTION, NAME
+
+    return [_figure(NAME, CAPTION, "headline")] if NAME in figures else []
+
+
 def _figures(figures: dict[str, Path]) -> list[str]:
-    """Every figure with its caption, or a line saying why there is none."""
+    """Every other figure with its caption, or a line saying why there is none."""
+    from .headline import NAME
     from .plots import CAPTIONS
 
     if not figures:
         return ["<p>No figures: none of the reports has a probe with something to draw "
                 "(spectrum, margin, confidence, smoothness, robust_accuracy).</p>"]
-    parts = ["<h2>Figures</h2>"]
-    for name in figures:
-        caption = CAPTIONS.get(name, "")
-        parts.append(f"<figure><img src=\"{esc(name)}\" alt=\"{esc(caption or name)}\">"
-                     f"<figcaption>{esc(caption)}</figcaption></figure>")
+    rest = [n for n in figures if n != NAME]
+    return ["<h2>Figures</h2>", *(_figure(n, CAPTIONS.get(n, "")) for n in rest)] if rest else []
+
+
+def _verdict_badge(verdict: str) -> str:
+    kind = {"reproduced": "reproduced", "partly": "partly", "not reproduced": "not"}.get(verdict, "inconclusive")
+    return f"<span class=\"v v-{kind}\">{esc(verdict)}</span>"
+
+
+def _verdicts(result: Any) -> list[str]:
+    """The verdict table on the paper's claims: claim, statistic, reference and most
+    robust value, difference with its 95% interval, verdict; robustness checks indented
+    under their claim (their reasoning: :func:`_verdict_notes`)."""
+    if result is None:
+        return []
+    from ._claim_text import diff_cell, num
+
+    models = result.models
+    ref, top = (esc(models[0]["label"]), esc(models[-1]["label"])) if models else ("reference", "robust")
+    parts = ["<h2>Does adversarial training regularize as Wen, Li &amp; Jia (2020) claim?</h2>",
+             f"<p>Reference <b>{ref}</b> against the most robust model <b>{top}</b> on the same images; "
+             "differences are robust − reference with paired 95% bootstrap intervals over the images. "
+             "Rules and what a verdict means: <code>docs/claims.md</code>; all numbers: "
+             "<a href=\"claims.json\">claims.json</a>.</p>",
+             "<div class=\"scroll\"><table class=\"verdicts\"><tr><th class=\"k\">claim</th><th class=\"k\">statistic</th>"
+             f"<th>{ref}</th><th>{top}</th><th>difference [95% CI]</th><th class=\"k\">verdict</th></tr>"]
+    for v in result.verdicts:
+        name = f"{v.claim}. {v.title}" if "." not in v.claim else v.claim + (" (check)" if v.check else "")
+        layers = f" ({sum(r['claimed'] for r in v.layers)}/{len(v.layers)} layers)" if v.layers else ""
+        row = '<tr class="check">' if v.check else "<tr>"
+        parts.append(f"{row}<td class=\"k claim wrap\">{esc(name)}</td>"
+                     f"<td class=\"k wrap\">{esc(v.statistic)}</td><td>{esc(num(v.reference))}</td>"
+                     f"<td>{esc(num(v.robust))}</td><td>{esc(diff_cell(v))}</td>"
+                     f"<td class=\"k\">{_verdict_badge(v.verdict)}{esc(layers)}</td></tr>")
+    parts.append("</table></div>")
+    return parts
+
+
+def _verdict_notes(result: Any) -> list[str]:
+    """Below the headline figure: claim 1's reasoning (the paper's scale statistics vs
+    the scale-free checks) and, folded, how each verdict came about."""
+    if result is None:
+        return []
+    parts = []
+    one = next((v for v in result.verdicts if v.claim == "1"), None)
+    if one is not None and one.note:
+        parts.append(f"<p><b>Claim 1:</b> {esc(one.note)}</p>")
+    notes = [f"<li><b>{esc(v.claim)}</b>: {esc(v.note)}</li>" for v in result.verdicts if v.note and v.claim != "1"]
+    notes += [f"<li>{esc(n)}</li>" for n in result.notes]
+    if notes:
+        parts += ["<details><summary>How each verdict came about</summary><ul>", *notes, "</ul></details>"]
     return parts
 
 
@@ -171,14 +240,20 @@ def _correlation_table(corr_rows: Sequence[dict[str, Any]] | None) -> list[str]:
 
 # --------------------------------------------------------------------------- page
 def render_html(entries: Sequence[Entry], header: Sequence[str], rows: Sequence[dict[str, Any]],
-                figures: dict[str, Path], corr_rows: Sequence[dict[str, Any]] | None, notes: Sequence[str]) -> str:
-    """The self-contained comparison page (figures linked by relative file name)."""
+                figures: dict[str, Path], corr_rows: Sequence[dict[str, Any]] | None, notes: Sequence[str],
+                claims: Any = None) -> str:
+    """The self-contained comparison page (figures linked by relative file name), findings
+    first: verdicts on the paper's claims (``claims``: a ClaimsResult, or None), the
+    headline figure, the other figures, then models, options, the folded summary."""
     hexes = _hex_colours(len(entries))
     parts = [*_head(len(entries), corr_rows is not None, notes),
-             *_models_table(entries, rows, hexes),
-             *_summary_table(entries, header, rows, hexes),
-             *_options_table(entries),
+             *_verdicts(claims),
+             *_headline(figures),
+             *_verdict_notes(claims),
              *_figures(figures),
+             *_models_table(entries, rows, hexes),
+             *_options_table(entries),
+             *_summary_table(entries, header, rows, hexes),
              *_correlation_table(corr_rows),
              "</body></html>\n"]
     return "\n".join(parts)

@@ -39,8 +39,24 @@ def test_reproduction_pipeline_smoke(tmp_path, examples_dir, repo_root):
         capture_output=True, text=True, cwd=repo_root, timeout=900, env={**os.environ, "PYTHONWARNINGS": "ignore"})
     assert proc.returncode == 0, proc.stderr[-2000:]
     text = doc.read_text()
-    verdicts = re.findall(r"^\| (\d)\. .* \| (reproduced|partly|not reproduced|inconclusive) \|$", text, re.M)
-    assert [c for c, _ in verdicts] == ["1", "2", "3", "4"]
+    verdicts = re.findall(r"^\| (\d(?:\.\w+)?)(?: \(check\))?(?: [A-Z][^|]*)? \|.* \| (?:\*\*)?"
+                          r"(reproduced|partly|not reproduced|inconclusive)(?:\*\*)?(?: \(\d+/\d+ layers\))? \|$", text, re.M)
+    assert [c for c, _ in verdicts if "." not in c] == ["1", "2", "3", "4"]
+    assert {"1.sigma_std", "1.sigma_max", "1.cv", "1.anisotropy"} <= {c for c, _ in verdicts}
+    # every verdict in the document is the library's on the reports the script wrote
+    from armetrics import claims
+
+    paths = sorted((tmp_path / "reports").glob("*.json"), key=lambda p: int(re.search(r"eps(\d+)", p.name).group(1)))
+    result = claims.evaluate(paths[0], paths[1:], reps=1000, seed=0)
+    assert dict(verdicts) == {v.claim: v.verdict for v in result.verdicts}
+    assert result.markdown(notes=False) in text
+    # `armetrics compare` (claims on by default: one report has eps 0) gives the document's verdicts
+    cmp = subprocess.run([sys.executable, "-m", "armetrics", "compare", *map(str, paths), "--out", str(tmp_path / "cmp")],
+                         capture_output=True, text=True, cwd=repo_root, timeout=300)
+    assert cmp.returncode == 0, cmp.stderr[-2000:]
+    page_claims = json.loads((tmp_path / "cmp" / "claims.json").read_text())
+    assert {v["claim"]: v["verdict"] for v in page_claims["verdicts"]} == dict(verdicts)
+    assert "claims: 1 " in cmp.stdout
     for link in re.findall(r"!\[[^\]]*\]\(([^)]+)\)", text):
         assert (doc.parent / link).is_file(), link
     reports = sorted((tmp_path / "reports").glob("*.json"))
@@ -49,3 +65,4 @@ def test_reproduction_pipeline_smoke(tmp_path, examples_dir, repo_root):
         rep = am.Report.load(r)
         assert set(rep.probes) == {"accuracy", "spectrum", "margin", "confidence", "smoothness", "robust_accuracy"}
         assert rep.data["data"]["n"] == 12
+        assert r.with_suffix(".samples.npz").is_file()

@@ -21,15 +21,25 @@ from . import debug_option
 @click.option("--against", type=click.Choice(["leaderboard"]), default=None,
               help="Add RobustBench leaderboard robust accuracy and its Spearman correlation with every summary key, "
                    "per dataset and threat model.")
+@click.option("--claims/--no-claims", default=None,
+              help="Judge the paper's claims (reference vs the others, paired bootstrap) and lead the page with the "
+                   "verdicts. Default: when a reference can be identified (one model with eps 0, or --reference).")
+@click.option("--reference", default=None, metavar="NAME",
+              help="The reference (standard) model for the claims: a model label, name or report file name.")
 @debug_option
-def compare_cmd(reports, out, against) -> None:
-    """Compare REPORT files (or directories of them): a table, figures and an HTML page."""
+def compare_cmd(reports, out, against, claims, reference) -> None:
+    """Compare REPORT files (or directories of them): the verdicts on the paper's claims, figures,
+    a table and an HTML page."""
     from ..comparison import compare
 
-    result = compare(list(reports), out, against=against)
+    result = compare(list(reports), out, against=against, claims=claims, reference=reference)
     click.echo(f"compared {len(result.models)} reports: {', '.join(result.models)}")
     for note in result.notes:
         click.echo(f"note: {note}", err=True)
+    if result.claims is not None:
+        main = [v for v in result.claims.verdicts if "." not in v.claim]
+        click.echo("claims: " + ", ".join(f"{v.claim} {v.verdict}" for v in main))
+        click.echo(f"wrote {result.claims_json}")
     click.echo(f"wrote {result.summary_csv}")
     if result.correlation_csv is not None:
         click.echo(f"wrote {result.correlation_csv}")
