@@ -245,7 +245,10 @@ def run_sweep(models: Sequence[str], out_dir: Path, load_kwargs: dict, data, pro
                 rows[model] = ("failed", first_line(exc))
                 return
             interrupt.wrote(path)
-        rows[model] = ("ok", f"{path} ({seconds:.1f}s)")
+        # an architecture found from the weights: the row says which (the CLI's line for one model)
+        notes = (report.model.get("notes") or []) if result is not None else []
+        arch = "".join(f"; {n}" for n in notes if str(n).startswith("architecture: "))
+        rows[model] = ("ok", f"{path} ({seconds:.1f}s){arch}")
         notify("ok", model, done(), len(todo))
 
     if executor == "ray":

@@ -196,6 +196,14 @@ def test_index_rebuilt_when_a_version_changes(tmp_path, monkeypatch):
     assert built == [1, 1] and len(list(tmp_path.glob("architectures-*-keys.json.gz"))) == 2
 
 
+def test_a_sweep_says_what_it_chose_for_each_model(index_dir, tmp_path, cli_inproc):
+    path = _saved(tmp_path, "robustbench:cifar10/Linf/Sehwag2021Proxy_R18")
+    proc = cli_inproc("analyze", str(path), "--probes", "spectrum", "--out-dir", str(tmp_path / "out"), "--quiet")
+    assert proc.returncode == 0, proc.stderr
+    row = next(line for line in proc.stdout.splitlines() if line.startswith(str(path)))
+    assert row.endswith("; architecture: ResNet (robustbench:cifar10/Linf/Sehwag2021Proxy_R18), 100% of keys and shapes")
+
+
 def test_a_tampered_index_is_rebuilt_not_imported(tmp_path, monkeypatch):
     monkeypatch.setenv("ARMETRICS_CACHE_DIR", str(tmp_path))
     monkeypatch.setattr(sig, "SOURCES", {"torchvision": lambda: iter(
