@@ -12,7 +12,10 @@ summary key ranks models like the RobustBench leaderboard does).
   every probe (the union over reports; blank where a report lacks it or the value is
   not finite). With ``against="leaderboard"`` also ``leaderboard.clean_accuracy`` and
   ``leaderboard.robust_accuracy`` (fractions);
-- one PNG per figure whose probe some report has (see :mod:`armetrics.plots`);
+- one PNG per figure whose probe some report has (see :mod:`armetrics.plots`), and
+  ``headline.png``, the paper's four quantities side by side (:mod:`armetrics.headline`);
+- ``claims.json``: the verdicts on the paper's claims when they are judged (a report with
+  ε = 0, or ``reference=``; :mod:`armetrics.compare_claims`), which also lead the page;
 - ``index.html``: the tables and figures (linked relatively: keep the folder together;
   no external CSS/JS, opens offline), rendered by :mod:`armetrics.html_page`;
 - with ``against="leaderboard"``: ``correlation.csv`` and ``correlation.png``, one Spearman
@@ -541,7 +544,6 @@ def _load_entries(reports: Sequence[Report | str | Path], out: Any, against: str
 def _draw_figures(entries: Sequence[Entry], series: Any) -> dict[str, bytes]:
     """Every figure some report has data for, drawn into memory: ``{file name: PNG}``."""
     from . import plots
-
     from .headline import NAME, plot_headline
 
     files = {}

@@ -245,10 +245,7 @@ def run_sweep(models: Sequence[str], out_dir: Path, load_kwargs: dict, data, pro
                 rows[model] = ("failed", first_line(exc))
                 return
             interrupt.wrote(path)
-        # an architecture found from the weights: the row says which (the CLI's line for one model)
-        notes = (report.model.get("notes") or []) if result is not None else []
-        arch = "".join(f"; {n}" for n in notes if str(n).startswith("architecture: "))
-        rows[model] = ("ok", f"{path} ({seconds:.1f}s){arch}")
+        rows[model] = ("ok", _ok_detail(path, seconds, report if result is not None else None))
         notify("ok", model, done(), len(todo))
 
     if executor == "ray":
@@ -314,6 +311,13 @@ def _plan(names: dict[str, str], out_dir: Path, protected: list, fingerprint_of:
         else:
             todo.append((model, path, fp))
     return rows, todo
+
+
+def _ok_detail(path: Path, seconds: float, report) -> str:
+    """An ok row's detail: the report's path and time, and the architecture found from the
+    weights when there was one (the line ``analyze`` prints for a single model)."""
+    notes = (report.model.get("notes") or []) if report is not None else []
+    return f"{path} ({seconds:.1f}s)" + "".join(f"; {n}" for n in notes if str(n).startswith("architecture: "))
 
 
 def _has_samples(path: Path) -> bool:
