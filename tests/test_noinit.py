@@ -106,3 +106,28 @@ def test_zoo_load_falls_back_to_the_ordinary_build_when_a_value_survives(tmp_pat
     x = torch.rand(2, 3, 32, 32)
     with torch.no_grad():
         assert torch.equal(model(x), ref.eval()(x))
+
+
+def test_zoo_load_falls_back_to_the_ordinary_build_when_the_constructor_fails_without_init(tmp_path, monkeypatch):
+    """A constructor that checks its initial values (geotorch's orthogonality check in
+    Kang2021Stable) fails under skipping_init: the entry is built as robustbench builds it."""
+    from armetrics import _robustbench as rb
+    from armetrics.errors import LoadError
+
+    torch.manual_seed(0)
+    ref = rb.architecture("Wong2020Fast")
+    state = ref.state_dict()
+    real, calls = rb.build, []
+
+    def build(name, dataset, threat_model):
+        calls.append(name)
+        if len(calls) == 1:
+            raise LoadError(f"robustbench cannot build {name} here: its constructor raised InManifoldError")
+        return real(name, dataset, threat_model)
+
+    monkeypatch.setattr(rb, "build", build)
+    model = rb.load_from("Wong2020Fast", "cifar10", "Linf", [tmp_path / "w.pt"], lambda _: state)
+    assert calls == ["Wong2020Fast", "Wong2020Fast"]
+    x = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(model(x), ref.eval()(x))
