@@ -22,9 +22,7 @@ import math
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-import numpy as np
-
-from .plots import (Series, _depth_axis, _figure, _hist_fractions, _layer_rows, _log_axis, _log_ok, _num, _probe,
+from .plots import (Series, _depth_axis, _figure, _layer_rows, draw_hists, _log_axis, _log_ok, _num,
                     _save, clean_accuracy, literal_text, robust_accuracy, shown)
 from .zoo import format_eps
 
@@ -77,25 +75,8 @@ def _accuracy_panel(ax, series: Sequence[Series], eps: Mapping[str, float | None
 
 def _distribution_panel(ax, series: Sequence[Series], probe: str, key: str, xlabel: str, title: str,
                         zero_line: bool = False) -> bool:
-    drawn, lo, hi = False, math.inf, -math.inf
-    for s in series:
-        hist = ((_probe(s.report, probe) or {}).get("distributions") or {}).get(key)
-        fr = _hist_fractions(hist) if isinstance(hist, dict) else None
-        if fr is None:
-            continue
-        edges, frac = fr
-        occupied = np.nonzero(frac)[0]
-        if len(occupied):
-            lo, hi = min(lo, edges[occupied[0]]), max(hi, edges[occupied[-1] + 1])
-        ax.step(edges, np.append(frac, frac[-1]), where="post", color=s.colour, linewidth=1.5)
-        drawn = True
-    if not drawn:
+    if not draw_hists(ax, series, probe, key, zero_line, fill=False, linewidth=1.5):
         return False
-    pad = 0.04 * (hi - lo) if math.isfinite(lo) and math.isfinite(hi) else math.nan
-    if hi > lo and math.isfinite(lo - pad) and math.isfinite(hi + pad):
-        ax.set_xlim(lo - pad, hi + pad)
-    if zero_line and ax.get_xlim()[0] < 0 < ax.get_xlim()[1]:
-        ax.axvline(0.0, color="0.3", linestyle=":", linewidth=1)
     ax.set_xlabel(xlabel)
     ax.set_ylabel("fraction of samples")
     ax.set_title(title, fontsize=10)

@@ -422,6 +422,33 @@ def _hist_fractions(hist: dict[str, Any]) -> tuple[np.ndarray, np.ndarray] | Non
     return edges, counts / total
 
 
+def draw_hists(ax, series: Sequence[Series], probe: str, key: str, zero_line: bool = False, fill: bool = True,
+               linewidth: float = 1.6) -> list[tuple[Series, Any]]:
+    """Each model's ``probe`` distribution ``key`` as a step line on ``ax`` (fractions per
+    bin, filled lightly when ``fill``), zoomed on the occupied bins, a dotted line at 0
+    when ``zero_line`` and 0 is in view. Returns the (series, line) drawn."""
+    drawn, lo, hi = [], math.inf, -math.inf
+    for s in series:
+        hist = ((_probe(s.report, probe) or {}).get("distributions") or {}).get(key)
+        fr = _hist_fractions(hist) if isinstance(hist, dict) else None
+        if fr is None:
+            continue
+        edges, frac = fr
+        occupied = np.nonzero(frac)[0]
+        if len(occupied):
+            lo, hi = min(lo, edges[occupied[0]]), max(hi, edges[occupied[-1] + 1])
+        (line,) = ax.step(edges, np.append(frac, frac[-1]), where="post", color=s.colour, linewidth=linewidth)
+        if fill:
+            ax.fill_between(edges, np.append(frac, frac[-1]), step="post", color=s.colour, alpha=0.08, linewidth=0)
+        drawn.append((s, line))
+    pad = 0.04 * (hi - lo) if math.isfinite(lo) and math.isfinite(hi) else math.nan
+    if hi > lo and math.isfinite(lo - pad) and math.isfinite(hi + pad):  # zoom on the occupied bins
+        ax.set_xlim(lo - pad, hi + pad)
+    if zero_line and ax.get_xlim()[0] < 0 < ax.get_xlim()[1]:
+        ax.axvline(0.0, color="0.3", linestyle=":", linewidth=1)
+    return drawn
+
+
 def _hist_figure(series: Sequence[Series], probe: str, hists, path: Path, title: str,
                  zero_line: bool = False) -> Path | None:
     present = [(k, lab) for k, lab in hists
@@ -431,26 +458,10 @@ def _hist_figure(series: Sequence[Series], probe: str, hists, path: Path, title:
     fig, axes = _figure(1, len(present), width=4.3 * len(present), height=3.8)
     handles, labels = [], []
     for ax, (key, xlabel) in zip(axes.flat, present):
-        lo, hi = math.inf, -math.inf
-        for s in series:
-            hist = ((_probe(s.report, probe) or {}).get("distributions") or {}).get(key)
-            fr = _hist_fractions(hist) if isinstance(hist, dict) else None
-            if fr is None:
-                continue
-            edges, frac = fr
-            occupied = np.nonzero(frac)[0]
-            if len(occupied):
-                lo, hi = min(lo, edges[occupied[0]]), max(hi, edges[occupied[-1] + 1])
-            (line,) = ax.step(edges, np.append(frac, frac[-1]), where="post", color=s.colour, linewidth=1.6)
-            ax.fill_between(edges, np.append(frac, frac[-1]), step="post", color=s.colour, alpha=0.08, linewidth=0)
+        for s, line in draw_hists(ax, series, probe, key, zero_line, fill=True, linewidth=1.6):
             if s.label not in labels:
                 handles.append(line)
                 labels.append(s.label)
-        pad = 0.04 * (hi - lo) if math.isfinite(lo) and math.isfinite(hi) else math.nan
-        if hi > lo and math.isfinite(lo - pad) and math.isfinite(hi + pad):  # zoom on the occupied bins
-            ax.set_xlim(lo - pad, hi + pad)
-        if zero_line and ax.get_xlim()[0] < 0 < ax.get_xlim()[1]:
-            ax.axvline(0.0, color="0.3", linestyle=":", linewidth=1)
         ax.set_xlabel(xlabel)
         ax.grid(True, alpha=0.3)
     axes.flat[0].set_ylabel("fraction of samples per bin")
