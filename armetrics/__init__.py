@@ -30,6 +30,8 @@ _EXPORTS = {
     "ArmetricsError": "armetrics.errors",
     "compare": "armetrics.comparison",
     "audit": "armetrics.auditing",
+    "estimate": "armetrics.estimation",
+    "Estimate": "armetrics.estimation",
 }
 __all__ = sorted(_EXPORTS) + ["__version__"]
 

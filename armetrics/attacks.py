@@ -21,6 +21,8 @@ from torch import nn
 from .functional import Norm, flat_norm
 
 Generators = Union[torch.Generator, Sequence[torch.Generator], None]
+#: ``stop(logits, y) -> bool (B,)``: which samples of the working set are done (early exit)
+Stop = Callable[[torch.Tensor, Union[torch.Tensor, None]], torch.Tensor]
 
 
 def _flat_norm(t: torch.Tensor) -> torch.Tensor:
@@ -41,12 +43,21 @@ def _draw(kind: str, shape: tuple[int, ...], generator: Generators, like: torch.
     generator, or stacked per-sample draws of ``shape[1:]`` from one generator each."""
     fn = torch.rand if kind == "rand" else torch.randn
     if generator is None or isinstance(generator, torch.Generator):
-        return fn(shape, generator=generator, device=like.device, dtype=like.dtype)
+        return _on(fn, shape, generator, like)
     if len(generator) != shape[0]:
         raise ValueError(f"got {len(generator)} generators for a batch of {shape[0]}: pass one per sample")
     if shape[0] == 0:
         return torch.empty(shape, device=like.device, dtype=like.dtype)
-    return torch.stack([fn(shape[1:], generator=g, device=like.device, dtype=like.dtype) for g in generator])
+    return torch.stack([_on(fn, shape[1:], g, like) for g in generator])
+
+
+def _on(fn, shape: tuple[int, ...], generator: torch.Generator | None, like: torch.Tensor) -> torch.Tensor:
+    """``fn(shape)`` drawn from ``generator`` on the generator's own device (a CPU
+    generator may serve CUDA tensors: drawn on the CPU, then moved), as ``like``'s
+    device and dtype. The draws are those of the generator's device."""
+    where = like.device if generator is None else generator.device
+    out = fn(shape, generator=generator, device=where, dtype=like.dtype)
+    return out if out.device == like.device else out.to(like.device)
 
 
 def project(delta: torch.Tensor, eps: float | torch.Tensor, norm: Norm) -> torch.Tensor:
@@ -82,8 +93,8 @@ def random_start(x: torch.Tensor, eps: float | torch.Tensor, norm: Norm, generat
         g = torch.empty_like(x)
         r = torch.empty((x.shape[0],) + (1,) * (x.ndim - 1), device=x.device, dtype=x.dtype)
         for i, gen in enumerate(generator):
-            g[i] = torch.randn(x.shape[1:], generator=gen, device=x.device, dtype=x.dtype)
-            r[i] = torch.rand((), generator=gen, device=x.device, dtype=x.dtype)
+            g[i] = _on(torch.randn, tuple(x.shape[1:]), gen, x)
+            r[i] = _on(torch.rand, (), gen, x)
     g = g / _flat_norm(g).clamp_min(1e-12)
     return g * r ** (1.0 / d) * eps_t
 
@@ -102,6 +113,7 @@ def pgd(
     clamp: tuple[float, float] | None = (0.0, 1.0),
     generator: Generators = None,
     init: torch.Tensor | None = None,
+    stop: Stop | None = None,
 ) -> torch.Tensor:
     """Return ``x + delta`` with ``||delta||_norm <= eps`` that (locally) maximizes
     ``loss_fn(model(x + delta), y)`` summed over the batch (default: cross-entropy).
@@ -117,6 +129,15 @@ def pgd(
     only: the model's parameters are neither differentiated nor given ``.grad``.
     The loss must be a sum of per-sample terms for the per-sample steps to be
     independent (as the default ``reduction="sum"``).
+
+    Early exit: ``stop(logits, y) -> bool (B,)`` is called on the output of the forward
+    each step computes anyway (at the start point and the first ``steps - 1`` iterates); a
+    sample where it holds leaves the working set and keeps that iterate, later steps run
+    only on the samples still alive (results scattered back in place). ``loss_fn`` then
+    gets the alive rows of ``y``: per-sample data it needs must come through ``y``. Until
+    it stops, a sample's path is the one without ``stop`` (steps are per sample, starts
+    drawn first), so per-sample generators keep results independent of batching. The last
+    iterate is returned unchecked: classify the output to know what stopped.
     """
     if norm not in ("Linf", "L2"):
         raise ValueError(f"unknown norm {norm!r}: use Linf or L2")
@@ -133,18 +154,45 @@ def pgd(
         delta = torch.zeros_like(x)
     if clamp is not None:
         delta = (x + delta).clamp(*clamp) - x
+    if stop is not None:
+        return _pgd_until(stop, model, loss_fn, x, y, delta, eps_t, alpha, norm, clamp, steps)
     for _ in range(steps):
-        delta.requires_grad_(True)
-        with torch.enable_grad():
-            loss = loss_fn(model(x + delta), y)
-            (grad,) = torch.autograd.grad(loss, delta)
-        with torch.no_grad():
-            if norm == "Linf":
-                step = grad.sign()
-            else:
-                step = grad / _flat_norm(grad).clamp_min(1e-12)
-            delta = project(delta + alpha * step, eps_t, norm)
-            if clamp is not None:
-                delta = (x + delta).clamp(*clamp) - x
-        delta = delta.detach()
+        delta, _out = _ascent_step(model, loss_fn, x, y, delta, eps_t, alpha, norm, clamp)
     return (x + delta).detach()
+
+
+def _ascent_step(model, loss_fn, x, y, delta, eps_t, alpha, norm, clamp) -> tuple[torch.Tensor, torch.Tensor]:
+    """One PGD step from ``delta``: (the next delta, the model's output at ``x + delta``)."""
+    delta = delta.detach().requires_grad_(True)
+    with torch.enable_grad():
+        out = model(x + delta)
+        (grad,) = torch.autograd.grad(loss_fn(out, y), delta)
+    with torch.no_grad():
+        if norm == "Linf":
+            step = grad.sign()
+        else:
+            step = grad / _flat_norm(grad).clamp_min(1e-12)
+        new = project(delta + alpha * step, eps_t, norm)
+        if clamp is not None:
+            new = (x + new).clamp(*clamp) - x
+    return new.detach(), (out.detach() if isinstance(out, torch.Tensor) else out)
+
+
+def _pgd_until(stop: Stop, model, loss_fn, x, y, delta, eps_t, alpha, norm, clamp, steps) -> torch.Tensor:
+    """PGD's steps with early exit: a sample leaves the working set at the first
+    iterate where ``stop`` holds and keeps it; the rest go on (see :func:`pgd`)."""
+    x_all, result = x, delta.detach().clone()
+    alive = torch.arange(x.shape[0], device=x.device)
+    for _ in range(steps):
+        new, out = _ascent_step(model, loss_fn, x, y, delta, eps_t, alpha, norm, clamp)
+        done = stop(out, y).to(device=x.device, dtype=torch.bool)
+        if bool(done.any()):
+            result[alive[done]] = delta[done]
+            keep = (~done).nonzero().flatten()
+            alive, x, new, eps_t, alpha = alive[keep], x[keep], new[keep], eps_t[keep], alpha[keep]
+            y = None if y is None else y[keep]
+            if alive.numel() == 0:
+                return (x_all + result).detach()
+        delta = new
+    result[alive] = delta
+    return (x_all + result).detach()

@@ -26,17 +26,23 @@ Two attacks:
   ``max_radius * 1e-6`` and ``max_radius``, so after ``search_steps`` steps the
   distance is known within a relative ``(1e6) ** (2 ** -search_steps) - 1`` (0.08 %
   for 14 steps) of the radius at which PGD succeeds. Cost: ``(search_steps + 1) *
-  steps`` forward-backward passes, times ``1 + targets`` (one untargeted run and one
-  per target class).
+  steps`` forward-backward passes, times at most ``1 + targets`` (one untargeted run and
+  one per target class; a radius's later runs skip the samples an earlier run flipped,
+  which leaves the result unchanged: a flip by any run counts).
+
+Neither search stops a sample early otherwise: results stay those of the full search
+(FAB improves its best point until its last iteration; a PGD run is judged by its last
+iterate). See docs/probes/margin.md, "Early exit and equal results".
 
 Both return ``BoundaryDistance(distance, found)`` with one float64 distance per sample.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass
-from typing import Literal
+from typing import Iterator, Literal
 
 import torch
 from torch import nn
@@ -73,6 +79,21 @@ def perturbation_norm(delta: torch.Tensor, norm: str) -> torch.Tensor:
 def _predict(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     with torch.no_grad():
         return model_logits(model, x)
+
+
+@contextlib.contextmanager
+def _frozen(model: nn.Module) -> Iterator[None]:
+    """Parameters set to ``requires_grad=False`` for the block, then restored: FAB calls
+    ``.backward()``, which would otherwise also compute (and leave in ``.grad``) the
+    gradients of every parameter that requires one."""
+    params = [p for p in model.parameters() if p.requires_grad] if isinstance(model, nn.Module) else []
+    try:
+        for p in params:
+            p.requires_grad_(False)
+        yield
+    finally:
+        for p in params:
+            p.requires_grad_(True)
 
 
 def _check(norm: str, max_radius: float) -> None:
@@ -128,7 +149,7 @@ def fab_distance(
         best = torch.full((idx.numel(),), math.inf, dtype=torch.float64)
         fab = FABAttack_PT(model, norm=norm, n_restarts=1, n_iter=steps, eps=max_radius, seed=seed, device=x.device)
         devices = [x.device] if x.device.type == "cuda" else []
-        with torch.random.fork_rng(devices=devices):
+        with torch.random.fork_rng(devices=devices), _frozen(model):
             torch.manual_seed(seed)
             for r in range(max(restarts, 1)):
                 if r > 0:
@@ -187,27 +208,40 @@ def refine_segment(model: nn.Module, x: torch.Tensor, adv: torch.Tensor, y: torc
     return x + hi.view(shape) * delta
 
 
+def _untargeted(out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Margin loss ``max_{j != y} z_j - z_y`` summed over the batch."""
+    z_y = out.gather(1, target[:, None]).squeeze(1)
+    other = out.scatter(1, target[:, None], -math.inf)
+    return (other.amax(dim=1) - z_y).sum()
+
+
+def _targeted(t: torch.Tensor):
+    """Targeted loss ``z_t - z_y`` summed over the batch, for the target classes ``t`` (B,)."""
+
+    def loss(out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return (out.gather(1, t[:, None]) - out.gather(1, target[:, None])).sum()
+
+    return loss
+
+
 def _flips(model, x, y, eps, norm, steps, target_classes) -> torch.Tensor:
     """Does PGD within radius ``eps`` (per sample) change the prediction? (bool, (B,))
-    One untargeted run (margin loss) plus one targeted run per column of ``target_classes``."""
+    One untargeted run (margin loss) plus one targeted run per column of ``target_classes``.
 
-    def untargeted(out, target):
-        z_y = out.gather(1, target[:, None]).squeeze(1)
-        other = out.scatter(1, target[:, None], -math.inf)
-        return (other.amax(dim=1) - z_y).sum()
-
-    losses = [untargeted]
-    for col in range(target_classes.shape[1] if target_classes is not None else 0):
-        t = target_classes[:, col]
-
-        def targeted(out, target, t=t):
-            return (out.gather(1, t[:, None]) - out.gather(1, target[:, None])).sum()
-
-        losses.append(targeted)
+    Early exit: each run attacks only the samples no earlier run flipped (a flip by any
+    run counts, and every run is per sample), so the result is the one of running every
+    run on every sample, and the work shrinks as the runs succeed."""
+    eps = torch.as_tensor(eps, dtype=x.dtype, device=x.device).expand(x.shape[0])
     flipped = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
-    for loss in losses:
-        adv = pgd(model, x, y, eps, norm=norm, steps=steps, random_init=False, loss_fn=loss, clamp=(0.0, 1.0))
-        flipped |= _predict(model, adv).argmax(dim=1) != y
+    columns = [None] + list(range(target_classes.shape[1] if target_classes is not None else 0))
+    for col in columns:
+        todo = (~flipped).nonzero().flatten()
+        if todo.numel() == 0:
+            break
+        loss = _untargeted if col is None else _targeted(target_classes[todo, col])
+        adv = pgd(model, x[todo], y[todo], eps[todo], norm=norm, steps=steps, random_init=False, loss_fn=loss,
+                  clamp=(0.0, 1.0))
+        flipped[todo] = _predict(model, adv).argmax(dim=1) != y[todo]
     return flipped.cpu()
 
 

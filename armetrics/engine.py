@@ -8,6 +8,11 @@ Forward hooks capture (clone) only the layers the probes of the batch asked for,
 the captured features are dropped after the batch. Extra passes (``smoothness``'s
 perturbed inputs, attacks) are the probes' own, made inside their ``update``.
 
+With ``on_estimate`` the data pass is preceded by its cost estimate
+(:mod:`armetrics.estimation`); during the pass an overall progress bar and one per data
+probe run on stderr (:mod:`armetrics.progress`), a probe's moved by ``batch.advance``
+inside its ``update`` and by the rest of its samples of the batch after it.
+
 The per-sample values the data probes keep (``ProbeResult.samples``) become the
 report's ``.samples.npz`` side file (:mod:`armetrics.samples`), with the identity of the
 images (data content hash, selection, seed) in the report.
@@ -22,7 +27,7 @@ import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -37,7 +42,11 @@ from .loading import eval_mode
 from .options import resolve_options
 from .probe import Batch, Context, Graph, Probe, ProbeResult
 from .registry import get_probe
+from .progress import Bars
 from .report import SCHEMA, Report, to_jsonable
+
+if TYPE_CHECKING:
+    from .estimation import Estimate
 
 
 def make_probes(probes: Iterable[str | Probe] | str, options: Mapping[str, Mapping[str, Any]] | None = None) -> list[Probe]:
@@ -155,19 +164,25 @@ def analyze(
     progress: bool | None = None,
     out_path: str | Path | None = None,
     samples: bool = True,
+    on_estimate: "Callable[[Estimate], None] | None" = None,
 ) -> Report | None:
     """Run ``probes`` on ``model`` and return a :class:`~armetrics.report.Report`.
 
     ``data``: a :class:`~armetrics.data.Data`, a source name/path (see
     :func:`~armetrics.data.load_data`), or None for the packaged ``cifar10-sample``
     (only loaded when a data probe is selected). ``options``: per-probe keyword
-    options. ``progress``: a tqdm bar (default: when stderr is a terminal).
+    options. ``progress``: progress bars on stderr, an overall one and one per data probe
+    with its own ETA (:mod:`armetrics.progress`; default: when stderr is a terminal).
     ``out_path``: where the report will be saved; probes may name side files after it
     (``ProbeResult.files``), which :meth:`Report.save` writes together with the report.
     ``samples``: keep the data probes' per-sample values (correctness, max-prob, entropy,
     margins, per-layer smoothness ratios) as the report's ``.samples.npz`` side file and
     record the images' identity in its ``data`` section (what :mod:`armetrics.claims`
-    pairs models by); False: neither.
+    pairs models by); False: neither. ``on_estimate``: called, after the weight-only
+    probes ran and before the data pass, with the run's cost estimate
+    (:class:`~armetrics.estimation.Estimate`: the data probes timed on a slice of the
+    first batch, the weight probes' measured seconds); the estimate changes no result.
+    None (the default): no estimate is made.
 
     Inside a ``torch.distributed`` process group (e.g. under ``torchrun``) each rank
     analyzes its shard of the batches; rank 0 returns the merged report, the other
@@ -180,11 +195,7 @@ def analyze(
     parameter lives and is not moved.
     """
     started = time.perf_counter()
-    if not isinstance(model, nn.Module):
-        raise ConfigError(f"model must be a torch.nn.Module (e.g. from armetrics.load_model), got {type(model).__name__}")
-    if data is not None and not isinstance(data, (Data, str, Path)):
-        raise DataError(f"data must be an armetrics Data (armetrics.load_data), a source name or a path, "
-                        f"got {type(data).__name__}: wrap tensors with numpy.savez('d.npz', x=..., y=...) or load_data")
+    check_model_and_data(model, data)
     seed = checks.seed(seed, allow_none=False)
     if progress is not None and not isinstance(progress, bool):
         raise ConfigError(f"progress must be True, False or None, got {progress!r}")
@@ -192,14 +203,30 @@ def analyze(
         raise ConfigError(f"out_path must be a path, got {type(out_path).__name__}")
     if not isinstance(samples, bool):
         raise ConfigError(f"samples must be True or False, got {samples!r}")
+    if on_estimate is not None and not callable(on_estimate):
+        raise ConfigError(f"on_estimate must be a function taking the Estimate, got {type(on_estimate).__name__}")
     probe_objs = make_probes(probes, options)
+    device = run_device(model, device)
+    with _seeded_rng(seed, device), _modes_restored(model):
+        return _run(model.to(device), data, probe_objs, seed=seed, device=device, progress=progress,
+                    out_path=out_path, started=started, samples=samples, on_estimate=on_estimate)
+
+
+def check_model_and_data(model: Any, data: Any) -> None:
+    """ConfigError / DataError unless ``model`` is a module and ``data`` a Data, a name or a path (or None)."""
+    if not isinstance(model, nn.Module):
+        raise ConfigError(f"model must be a torch.nn.Module (e.g. from armetrics.load_model), got {type(model).__name__}")
+    if data is not None and not isinstance(data, (Data, str, Path)):
+        raise DataError(f"data must be an armetrics Data (armetrics.load_data), a source name or a path, "
+                        f"got {type(data).__name__}: wrap tensors with numpy.savez('d.npz', x=..., y=...) or load_data")
+
+
+def run_device(model: nn.Module, device: "str | torch.device | None") -> torch.device:
+    """The checked device of a run: ``device``, or where the model's first parameter lives (cpu without one)."""
     if device is None:
         first = next(iter(model.parameters()), None)
         device = first.device if first is not None else torch.device("cpu")
-    device = checks.device(device, "device (--device)")
-    with _seeded_rng(seed, device), _modes_restored(model):
-        return _run(model.to(device), data, probe_objs, seed=seed, device=device, progress=progress,
-                    out_path=out_path, started=started, samples=samples)
+    return checks.device(device, "device (--device)")
 
 
 @contextlib.contextmanager
@@ -235,19 +262,21 @@ def _modes_restored(model: nn.Module) -> Iterator[None]:
 
 def _run(model: nn.Module, data: "Data | str | Path | None", probe_objs: list[Probe], *, seed: int,
          device: torch.device, progress: bool | None, out_path: str | Path | None, started: float,
-         samples: bool = True) -> Report | None:
+         samples: bool = True, on_estimate: "Callable[[Estimate], None] | None" = None) -> Report | None:
     """The run itself, once the arguments are checked: weight probes, the data pass, the report."""
     model = eval_mode(model)
     weight_probes = [p for p in probe_objs if not p.needs_data]
     data_probes = [p for p in probe_objs if p.needs_data]
     data = _resolve_data(data, bool(data_probes), seed)
-    ctx = Context(model=model, device=device, seed=seed,
-                  num_classes=data.num_classes if isinstance(data, Data) else None,
-                  input_shape=data.sample_shape() if isinstance(data, Data) else _declared_input(model),
-                  out_path=str(out_path) if out_path else None, samples=samples)
+    ctx = make_context(model, data, device, seed, out_path, samples)
     d = distributed.current()
     files: dict[str, bytes] = {}  # the report's side files by suffix (ProbeResult.files), written by Report.save
     entries = _run_weight_probes(weight_probes, ctx, d, files)
+    if on_estimate is not None and data_probes and (d is None or d.is_main):
+        from .estimation import measure
+
+        weights = {p.name: entries[p.name]["seconds"] for p in weight_probes}
+        on_estimate(measure(model, data, data_probes, ctx, weights, shard=_shard_range(data, d)))
     run: dict[str, Any] = {"seed": seed}
     per_sample: dict[str, Any] = {}
     if data_probes:
@@ -263,6 +292,15 @@ def _run(model: nn.Module, data: "Data | str | Path | None", probe_objs: list[Pr
     if samples and data_probes:
         _attach_samples(report, files, data, per_sample)
     return Report(to_jsonable(report), files=files)
+
+
+def make_context(model: nn.Module, data: "Data | None", device: torch.device, seed: int,
+                 out_path: str | Path | None = None, samples: bool = True) -> Context:
+    """What the probes of a run know before the data pass (:class:`~armetrics.probe.Context`)."""
+    return Context(model=model, device=device, seed=seed,
+                   num_classes=data.num_classes if isinstance(data, Data) else None,
+                   input_shape=data.sample_shape() if isinstance(data, Data) else _declared_input(model),
+                   out_path=str(out_path) if out_path else None, samples=samples)
 
 
 def _declared_input(model: nn.Module) -> tuple[int, ...] | None:
@@ -355,6 +393,17 @@ def _merge_shards(probes: list[Probe], shards: list[list[dict]]) -> None:
             p.merge(state)
 
 
+def _shard_range(data: Data, d: "distributed.Dist | None") -> tuple[int, int]:
+    """The positions ``[start, stop)`` of the selection this process streams."""
+    lo, hi = distributed.shard(len(data), d)
+    return lo * data.batch_size, min(hi * data.batch_size, data.n)
+
+
+def batch_layout(start: int, stop: int, batch_size: int) -> list[tuple[int, int]]:
+    """``(offset, size)`` of each batch over positions ``start:stop`` (as ``Data.batches``)."""
+    return [(lo, min(batch_size, stop - lo)) for lo in range(start, stop, batch_size)]
+
+
 def _data_pass(model, data: Data, probes: list[Probe], ctx: Context, progress: bool | None,
                d: "distributed.Dist | None" = None) -> tuple[dict, list[float]]:
     """Stream this process's batches through the model once, feeding every data probe
@@ -366,15 +415,12 @@ def _data_pass(model, data: Data, probes: list[Probe], ctx: Context, progress: b
         p.setup(ctx)
         seconds[i] += time.perf_counter() - t
     layers = [list(p.feature_layers()) for p in probes]
-    if progress is None:
-        progress = sys.stderr.isatty()
-    from tqdm.auto import tqdm
-
-    lo, hi = distributed.shard(len(data), d)
-    start, stop = lo * data.batch_size, min(hi * data.batch_size, data.n)
+    start, stop = _shard_range(data, d)
+    totals = [sum(p.samples_in_batch(o, k) for o, k in batch_layout(start, stop, data.batch_size)) for p in probes]
+    bars = Bars([p.name for p in probes], totals, max(stop - start, 0),
+                enabled=sys.stderr.isatty() if progress is None else progress)
     forward_seconds, offset, batches, checked = 0.0, start, 0, False
     with tap_outputs(model, sorted({n for names in layers for n in names})) as taps, torch.no_grad():
-        bar = tqdm(total=max(stop - start, 0), disable=not progress, unit="img", desc="analyze", leave=False, file=sys.stderr)
         try:
             for x, y in data.batches(start, stop):
                 interrupt.check()
@@ -388,18 +434,31 @@ def _data_pass(model, data: Data, probes: list[Probe], ctx: Context, progress: b
                     if not checked or (y.numel() and int(y.max()) >= batch.logits.shape[1]):
                         _check_classes(batch.logits, y, data)
                         checked = True
-                    for i in active:
-                        t = time.perf_counter()
-                        probes[i].update(batch)
-                        batch.release_graph(probes[i])
-                        seconds[i] += time.perf_counter() - t
+                    _update_probes(probes, active, batch, seconds, bars)
                     del batch
                 offset += len(y)
                 batches += 1
-                bar.update(len(y))
+                bars.images(len(y))
         finally:
-            bar.close()
+            bars.close()
     return {"batches": batches, "samples": offset - start, "forward_seconds": forward_seconds}, seconds
+
+
+def _update_probes(probes: list[Probe], active: list[int], batch: Batch, seconds: list[float], bars: Bars) -> None:
+    """Each active probe's ``update`` of the batch (timed into ``seconds``), its graph
+    released after it; ``batch.advance`` moves the probe's bar, which is then credited
+    with the rest of the probe's samples of the batch."""
+    for i in active:
+        tracker = bars.tracker(i, probes[i].samples_in_batch(batch.offset, len(batch.y)))
+        batch.on_advance = tracker
+        t = time.perf_counter()
+        try:
+            probes[i].update(batch)
+        finally:
+            batch.on_advance = None
+        batch.release_graph(probes[i])
+        seconds[i] += time.perf_counter() - t
+        tracker.finish()
 
 
 def _shared_forward(model: nn.Module, x: torch.Tensor, y: torch.Tensor, taps: Taps, probes: list[Probe],

@@ -98,8 +98,9 @@ def _orthogonalize(z: torch.Tensor, basis: torch.Tensor) -> torch.Tensor:
     return z
 
 
-def top_singular_value(x: torch.Tensor, h: torch.Tensor, v0: torch.Tensor, iters: int) -> PowerResult:
-    """Top singular value of ``J = dh/dx`` per sample from ``iters`` products
+def top_singular_value(x: torch.Tensor, h: torch.Tensor, v0: torch.Tensor, iters: int, *,
+                       jvp: Callable[[torch.Tensor], torch.Tensor] | None = None, tol: float = 0.0) -> PowerResult:
+    """Top singular value of ``J = dh/dx`` per sample from at most ``iters`` products
     ``A q = J^T (J q)`` (one JVP and one VJP each), started at ``v0`` (shape of x).
 
     This is power iteration with its Krylov subspace kept: the vectors
@@ -111,6 +112,16 @@ def top_singular_value(x: torch.Tensor, h: torch.Tensor, v0: torch.Tensor, iters
     number of classes for logits). Like any Rayleigh quotient it never exceeds the
     true value. When the subspace is exhausted the remaining vectors are zero.
 
+    ``jvp``: ``q -> J q`` (flattened per sample), e.g. a forward-mode pass
+    (:func:`armetrics.tangents.jvp`); without it ``J q`` comes from the double-backward
+    trick on ``h``'s graph. ``J^T w`` always comes from ``h``'s graph.
+    ``tol``: a sample stops (its later vectors are zero, so its estimate stays that of
+    its own subspace) once the residual of its top Ritz pair is below ``tol`` times its
+    Ritz value, i.e. an eigenvalue of ``J^T J`` lies within ``tol`` (relative) of the
+    estimate of ``sigma^2`` — within ``tol / 2`` of sigma itself, when that eigenvalue is
+    the top one; the loop ends when every sample has stopped. Each sample's result depends
+    on that sample alone, whatever else is in the batch.
+
     ``h`` must have been computed from ``x`` (``x.requires_grad``) with the graph kept;
     the graph is reused (``retain_graph``) and no parameter gets a gradient. Call
     under ``torch.enable_grad()``. Memory: two ``(B, iters, d)`` tensors.
@@ -119,41 +130,82 @@ def top_singular_value(x: torch.Tensor, h: torch.Tensor, v0: torch.Tensor, iters
     if not h.requires_grad:  # h does not depend on x: J = 0
         zero = torch.zeros(b, dtype=x.dtype, device=x.device)
         return PowerResult(zero, zero, _unit(v0))
-    u = torch.zeros_like(h, requires_grad=True)
-    (g,) = torch.autograd.grad(h, x, u, create_graph=True)  # g = J^T u, linear in u
+    basis, gram, top, prev = _lanczos(_gram_operator(x, h, jvp), v0.detach().flatten(1), max(int(iters), 1), tol)
+    bad = ~torch.isfinite(gram).all(dim=2).all(dim=1)  # non-finite weights or inputs: NaN, not a crash
+    gram = torch.where(bad[:, None, None], torch.zeros_like(gram), gram)
+    evecs = torch.linalg.eigh(gram)[1]
+    nan = torch.full_like(top, math.nan)
+    top, prev = torch.where(bad, nan, top.clamp_min(0)), torch.where(bad, nan, prev.clamp_min(0))
+    v = torch.einsum("bj,bjd->bd", evecs[:, :, -1].to(x.dtype), basis)
+    return PowerResult(top.sqrt().to(x.dtype), prev.sqrt().to(x.dtype), _unit(v).view_as(x).detach())
 
-    def ata(q: torch.Tensor) -> torch.Tensor:  # J^T J q, per sample
-        if not g.requires_grad:  # J^T u does not depend on u: J = 0
-            return torch.zeros_like(q)
-        (jq,) = torch.autograd.grad(g, u, q.view_as(x), retain_graph=True)  # J q (double backward)
+
+def _lanczos(ata, q: torch.Tensor, k: int, tol: float):
+    """At most ``k`` products of Lanczos with full reorthogonalization from the unit-scaled
+    start ``q`` (B, d): the basis (B, k, d), ``Q^T A Q`` (B, k, k) in float64, and per
+    sample the top Ritz value after its last product and after the one before (see
+    :func:`top_singular_value` for ``tol``)."""
+    b, d = q.shape
+    basis = q.new_zeros(b, k, d)
+    images = q.new_zeros(b, k, d)
+    gram = torch.zeros(b, k, k, dtype=torch.float64, device=q.device)
+    top = prev = torch.zeros(b, dtype=torch.float64, device=q.device)
+    alive = torch.ones(b, dtype=torch.bool, device=q.device)
+    q = _unit(q)
+    for j in range(k):
+        basis[:, j] = q
+        images[:, j] = ata(q)
+        row = torch.einsum("bd,bid->bi", basis[:, j].double(), images[:, : j + 1].double())
+        col = torch.einsum("bid,bd->bi", basis[:, : j + 1].double(), images[:, j].double())
+        gram[:, j, : j + 1] = gram[:, : j + 1, j] = (row + col) / 2  # Q^T A Q, symmetrized
+        ritz, residual = _top_ritz_pair(gram[:, : j + 1, : j + 1], basis[:, : j + 1], images[:, : j + 1])
+        prev, top = torch.where(alive, top, prev), torch.where(alive, ritz, top)
+        if tol > 0:
+            alive = alive & ~(residual <= tol * ritz.abs())  # |ritz - eigenvalue| <= ||A y - ritz y||
+        if j == k - 1 or not bool(alive.any()):
+            break
+        z = _orthogonalize(images[:, j], basis[:, : j + 1])
+        beta = z.norm(dim=1, keepdim=True)
+        exhausted = alive & (beta <= 1e-5 * images[:, j].norm(dim=1, keepdim=True)).squeeze(1)
+        prev = torch.where(exhausted, top, prev)  # the subspace is invariant: the estimate is exact
+        alive = alive & ~exhausted
+        q = torch.where(alive[:, None], z / beta.clamp_min(1e-30), torch.zeros_like(z))
+    if k == 1:
+        prev = top
+    return basis, gram, top, prev
+
+
+def _top_ritz_pair(gram: torch.Tensor, basis: torch.Tensor, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per sample, the largest Ritz value ``theta`` of ``A`` on the span of ``basis``
+    (``gram = Q^T A Q``, ``images = A Q``) and the norm of its residual
+    ``||A y - theta y||`` (``y`` its unit Ritz vector): some eigenvalue of ``A`` lies within
+    that distance of ``theta``. NaN where ``gram`` is not finite."""
+    finite = torch.isfinite(gram).all(dim=2).all(dim=1)
+    evals, evecs = torch.linalg.eigh(torch.where(finite[:, None, None], gram, torch.zeros_like(gram)))
+    theta, c = evals[:, -1], evecs[:, :, -1]
+    resid = torch.einsum("bj,bjd->bd", c, images.double()) - theta[:, None] * torch.einsum("bj,bjd->bd", c, basis.double())
+    nan = torch.full_like(theta, math.nan)
+    return torch.where(finite, theta, nan), torch.where(finite, resid.norm(dim=1), nan)
+
+
+def _gram_operator(x: torch.Tensor, h: torch.Tensor, jvp: Callable[[torch.Tensor], torch.Tensor] | None):
+    """``q (B, d) -> J^T J q (B, d)``: ``J q`` from ``jvp`` or the double-backward trick,
+    then ``J^T`` by a backward pass through ``h``'s graph."""
+    if jvp is None:
+        u = torch.zeros_like(h, requires_grad=True)
+        (g,) = torch.autograd.grad(h, x, u, create_graph=True)  # g = J^T u, linear in u
+
+        def jvp(q: torch.Tensor) -> torch.Tensor:
+            if not g.requires_grad:  # J^T u does not depend on u: J = 0
+                return torch.zeros_like(h)
+            return torch.autograd.grad(g, u, q.view_as(x), retain_graph=True)[0]  # J q (double backward)
+
+    def ata(q: torch.Tensor) -> torch.Tensor:
+        jq = jvp(q.view_as(x)).reshape(h.shape)
         (jtjq,) = torch.autograd.grad(h, x, jq, retain_graph=True)  # J^T (J q)
         return jtjq.flatten(1)
 
-    k = max(int(iters), 1)
-    d = x[0].numel()
-    basis = x.new_zeros(b, k, d)
-    images = x.new_zeros(b, k, d)
-    q = _unit(v0.detach().flatten(1))
-    for j in range(k):
-        basis[:, j] = q
-        z = ata(q)
-        images[:, j] = z
-        if j == k - 1:
-            break
-        z = _orthogonalize(z, basis[:, : j + 1])
-        beta = z.norm(dim=1, keepdim=True)
-        alive = beta > 1e-5 * images[:, j].norm(dim=1, keepdim=True)  # else: subspace exhausted
-        q = torch.where(alive, z / beta.clamp_min(1e-30), torch.zeros_like(z))
-    gram = torch.einsum("bid,bjd->bij", basis.double(), images.double())
-    gram = (gram + gram.transpose(1, 2)) / 2  # Q^T A Q
-    bad = ~torch.isfinite(gram).all(dim=2).all(dim=1)  # non-finite weights or inputs: NaN, not a crash
-    gram = torch.where(bad[:, None, None], torch.zeros_like(gram), gram)
-    evals, evecs = torch.linalg.eigh(gram)
-    evals = torch.where(bad[:, None], torch.full_like(evals, math.nan), evals)
-    top = evals[:, -1].clamp_min(0)
-    prev = torch.linalg.eigvalsh(gram[:, :-1, :-1])[:, -1].clamp_min(0) if k > 1 else top
-    v = torch.einsum("bj,bjd->bd", evecs[:, :, -1].to(x.dtype), basis)
-    return PowerResult(top.sqrt().to(x.dtype), prev.sqrt().to(x.dtype), _unit(v).view_as(x).detach())
+    return ata
 
 
 def directional_derivative_norms(model: nn.Module, x: torch.Tensor, v: torch.Tensor,
@@ -166,6 +218,9 @@ def directional_derivative_norms(model: nn.Module, x: torch.Tensor, v: torch.Ten
         t = fwAD.unpack_dual(out).tangent
         return torch.zeros(out.shape[0], dtype=out.dtype, device=out.device) if t is None else flat_norm(t)
 
+    from .tangents import _load_forward_ad_rules
+
+    _load_forward_ad_rules()
     with fwAD.dual_level(), tap_outputs(model, names, reduce=tangent_norm) as taps:
         out = model(fwAD.make_dual(x, v))
         out = first_output(out)

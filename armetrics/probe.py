@@ -14,7 +14,8 @@ Life cycle, driven by :func:`armetrics.engine.analyze`::
     probe = ProbeClass(**options)
     probe.setup(ctx)                 # model known; declare hooks via feature_layers()
     for batch in data:               # only when probe.needs_data and wants_batch(...)
-        probe.update(batch)          # batch.logits, batch.features[name], batch.graph
+        probe.update(batch)          # batch.logits, batch.features[name], batch.graph;
+                                     # batch.advance(k): k more samples done (progress bar)
     result = probe.compute()         # -> ProbeResult
 
 Per-sample values (one number, or one per layer row, for each sample the probe saw) go
@@ -116,6 +117,17 @@ class Batch:
     seed: int = 0
     graph: Graph | None = None
     graph_users: set[str] = field(default_factory=set, repr=False)
+    #: set by the engine while a probe updates this batch: what :meth:`advance` reports to
+    #: (that probe's progress bar); None outside the engine's data pass
+    on_advance: Callable[[int], None] | None = field(default=None, repr=False, compare=False)
+
+    def advance(self, k: int) -> None:
+        """Say that the probe now updating has finished ``k`` more of its samples of this
+        batch, from inside a long ``update`` (e.g. per sub-chunk): its progress bar moves on
+        at once. When ``update`` returns the engine credits the samples not reported yet, so
+        a probe need not call it; outside the engine's data pass it does nothing."""
+        if self.on_advance is not None:
+            self.on_advance(int(k))
 
     def release_graph(self, probe: "Probe") -> None:
         """Say that ``probe`` is done with :attr:`graph`. Once every probe that asked for
@@ -366,6 +378,12 @@ def _merged(a: Any, b: Any) -> Any:
     return merged
 
 
+@functools.lru_cache(maxsize=None)
+def _declares(cls: type, option: str) -> bool:
+    """Whether probe class ``cls`` has the option ``option`` (cached per class)."""
+    return option in options_of(cls)
+
+
 class Probe:
     """Base class of all probes. Subclasses write ``__init__`` (options), ``update``
     (per batch) and ``compute``; weight-only probes set ``needs_data = False`` and
@@ -466,6 +484,20 @@ class Probe:
         (``smoothness.max_samples``) says no to the rest: the engine then neither calls
         its ``update`` nor captures its features or graph for that batch."""
         return True
+
+    def samples_in_batch(self, offset: int, size: int) -> int:
+        """How many of the batch's samples (``offset .. offset+size-1`` of the run) ``update``
+        will process: what the cost estimate (:mod:`armetrics.estimation`) extrapolates to
+        and the probe's progress bar counts. Default: all ``size`` when :meth:`wants_batch`
+        says yes, else 0 — for a probe with an integer option ``max_samples`` (the first N
+        samples of the run, as ``smoothness.max_samples``) only those below it. Override it
+        with :meth:`wants_batch` when the probe measures another part of the data."""
+        if not self.wants_batch(offset, size):
+            return 0
+        limit = getattr(self, "max_samples", None) if _declares(type(self), "max_samples") else None
+        if isinstance(limit, bool) or not isinstance(limit, int):
+            return size
+        return max(0, min(size, limit - offset))
 
     def update(self, batch: Batch) -> None:  # pragma: no cover - interface
         raise NotImplementedError

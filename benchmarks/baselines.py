@@ -91,3 +91,110 @@ def hand_pgd(m, data):
             robust += int((m(x + delta).argmax(1) == y).sum())
     return robust
 
+
+
+# ---------------------------------------------------------------------------------------------
+# smoothness before issue 20: the worst-direction iteration as it was at commit d7006ae
+# (double-backward J q, a random start per row, always `iters` products). Verbatim copies of
+# armetrics.jacobian.top_singular_value / _orthogonalize and Smoothness._worst_ratios; the rest
+# of the probe (random directions, PGD, statistics) did not change.
+import math  # noqa: E402
+
+from armetrics.errors import ProbeError, first_line  # noqa: E402
+from armetrics.jacobian import PowerResult, _unit  # noqa: E402
+from armetrics.probe import Batch  # noqa: E402
+from armetrics.probes.smoothness import Smoothness  # noqa: E402
+from armetrics.registry import register_probe  # noqa: E402
+
+
+def _orthogonalize(z: torch.Tensor, basis: torch.Tensor) -> torch.Tensor:
+    """Remove from each z (B, d) its components along basis (B, j, d), twice (CGS2)."""
+    for _ in range(2):
+        coef = torch.einsum("bjd,bd->bj", basis, z)
+        z = z - torch.einsum("bj,bjd->bd", coef, basis)
+    return z
+
+
+def _top_singular_value_before(x: torch.Tensor, h: torch.Tensor, v0: torch.Tensor, iters: int) -> PowerResult:
+    """Top singular value of ``J = dh/dx`` per sample from ``iters`` products
+    ``A q = J^T (J q)`` (one JVP and one VJP each), started at ``v0`` (shape of x).
+
+    This is power iteration with its Krylov subspace kept: the vectors
+    ``v0, A v0, ..., A^(iters-1) v0`` are orthonormalized (Lanczos with full
+    reorthogonalization) and the estimate is the best one in their span
+    (Rayleigh-Ritz: the top eigenvalue of ``Q^T A Q``). The plain power iterate lies in
+    that span, so for the same products the estimate is never worse than power
+    iteration's, and it is exact once ``iters`` reaches the rank of ``J`` (e.g. the
+    number of classes for logits). Like any Rayleigh quotient it never exceeds the
+    true value. When the subspace is exhausted the remaining vectors are zero.
+
+    ``h`` must have been computed from ``x`` (``x.requires_grad``) with the graph kept;
+    the graph is reused (``retain_graph``) and no parameter gets a gradient. Call
+    under ``torch.enable_grad()``. Memory: two ``(B, iters, d)`` tensors.
+    """
+    b = x.shape[0]
+    if not h.requires_grad:  # h does not depend on x: J = 0
+        zero = torch.zeros(b, dtype=x.dtype, device=x.device)
+        return PowerResult(zero, zero, _unit(v0))
+    u = torch.zeros_like(h, requires_grad=True)
+    (g,) = torch.autograd.grad(h, x, u, create_graph=True)  # g = J^T u, linear in u
+
+    def ata(q: torch.Tensor) -> torch.Tensor:  # J^T J q, per sample
+        if not g.requires_grad:  # J^T u does not depend on u: J = 0
+            return torch.zeros_like(q)
+        (jq,) = torch.autograd.grad(g, u, q.view_as(x), retain_graph=True)  # J q (double backward)
+        (jtjq,) = torch.autograd.grad(h, x, jq, retain_graph=True)  # J^T (J q)
+        return jtjq.flatten(1)
+
+    k = max(int(iters), 1)
+    d = x[0].numel()
+    basis = x.new_zeros(b, k, d)
+    images = x.new_zeros(b, k, d)
+    q = _unit(v0.detach().flatten(1))
+    for j in range(k):
+        basis[:, j] = q
+        z = ata(q)
+        images[:, j] = z
+        if j == k - 1:
+            break
+        z = _orthogonalize(z, basis[:, : j + 1])
+        beta = z.norm(dim=1, keepdim=True)
+        alive = beta > 1e-5 * images[:, j].norm(dim=1, keepdim=True)  # else: subspace exhausted
+        q = torch.where(alive, z / beta.clamp_min(1e-30), torch.zeros_like(z))
+    gram = torch.einsum("bid,bjd->bij", basis.double(), images.double())
+    gram = (gram + gram.transpose(1, 2)) / 2  # Q^T A Q
+    bad = ~torch.isfinite(gram).all(dim=2).all(dim=1)  # non-finite weights or inputs: NaN, not a crash
+    gram = torch.where(bad[:, None, None], torch.zeros_like(gram), gram)
+    evals, evecs = torch.linalg.eigh(gram)
+    evals = torch.where(bad[:, None], torch.full_like(evals, math.nan), evals)
+    top = evals[:, -1].clamp_min(0)
+    prev = torch.linalg.eigvalsh(gram[:, :-1, :-1])[:, -1].clamp_min(0) if k > 1 else top
+    v = torch.einsum("bj,bjd->bd", evecs[:, :, -1].to(x.dtype), basis)
+    return PowerResult(top.sqrt().to(x.dtype), prev.sqrt().to(x.dtype), _unit(v).view_as(x).detach())
+
+
+
+
+@register_probe("smoothness_before")
+class SmoothnessBefore(Smoothness):
+    """``smoothness`` with the worst-direction iteration of commit d7006ae (the baseline)."""
+
+    def _worst_ratios(self, xg: torch.Tensor, h: dict[str, torch.Tensor], x: torch.Tensor, batch: Batch,
+                      pos: torch.Tensor, work: list[str], col: dict[str, int],
+                      out: dict[str, torch.Tensor], calls=None) -> dict[str, torch.Tensor]:
+        """Fill ``ratio_worst`` and ``ratio_worst_prev`` of the ``work`` rows in ``out``;
+        returns each row's top right singular vector estimate (the PGD start)."""
+        v_top: dict[str, torch.Tensor] = {}
+        v0 = torch.stack([torch.randn(x.shape[1:], generator=gen, device=x.device, dtype=x.dtype)
+                          for gen in batch.sample_rngs("smoothness/power", pos.tolist())])
+        with torch.enable_grad():
+            for r in work:
+                try:
+                    res = _top_singular_value_before(xg, h[r], v0, self.iters)
+                except (RuntimeError, NotImplementedError) as exc:
+                    raise ProbeError(f"smoothness: the Jacobian of {r!r} needs double backward, which this model "
+                                     f"does not support ({first_line(exc, 160)}): use --set smoothness.iters=0") from None
+                out["ratio_worst"][:, col[r]] = res.sigma.double().cpu()
+                out["ratio_worst_prev"][:, col[r]] = res.sigma_prev.double().cpu()
+                v_top[r] = res.v
+        return v_top

@@ -92,15 +92,16 @@ def bench_data_probes(args) -> list[dict]:
 
     n = 1000 if args.quick else 4000
     data = synthetic_data(n)
-    model = small_model()
+    device = getattr(args, "device", "cpu")
+    model = small_model().to(device)
 
     def plain():
         with torch.no_grad():
             for x, y in data:
-                model(x).argmax(1)
+                model(x.to(device)).argmax(1).cpu()
 
     def ours():
-        am.analyze(model, data, ["accuracy", "margin", "confidence"], progress=False)
+        am.analyze(model, data, ["accuracy", "margin", "confidence"], progress=False, device=device)
 
     plain()
     ours()  # warm up
@@ -381,6 +382,17 @@ def bench_spectrum_fft(args) -> list[dict]:
 
 
 # ------------------------------------------------------------------ smoothness, robust accuracy
+class OnDevice:
+    """``data`` whose ``batches()`` come on ``device`` (for loops written for CPU batches)."""
+
+    def __init__(self, data, device: str):
+        self.data, self.device = data, device
+
+    def batches(self):
+        for x, y in self.data.batches():
+            yield x.to(self.device), y.to(self.device)
+
+
 @bench("smoothness")
 def bench_smoothness(args) -> list[dict]:
     """smoothness / robust_accuracy probes vs hand-written loops doing the same passes
@@ -388,20 +400,192 @@ def bench_smoothness(args) -> list[dict]:
     import armetrics as am
     from baselines import hand_pgd, hand_smoothness
 
-    model = am.load_model(ROOT / "examples/checkpoints/small_cnn_eps0.pt", arch=f"{ROOT / 'examples/models.py'}:small_cnn")
+    device = getattr(args, "device", "cpu")
+    model = am.load_model(ROOT / "examples/checkpoints/small_cnn_eps0.pt", arch=f"{ROOT / 'examples/models.py'}:small_cnn",
+                          device=device)
     n = 16 if args.quick else 64
     data = am.load_data("cifar10-sample", n=n, batch_size=16)
+    hand_data = OnDevice(data, device)  # the hand-written loops read data.batches() as they are
 
     def probe(name):
-        return lambda: am.analyze(model, data, [name], options={name: {"max_samples": n}} if name == "smoothness" else None)
+        return lambda: am.analyze(model, data, [name], options={name: {"max_samples": n}} if name == "smoothness" else None,
+                                  device=device)
 
-    hand_smoothness(model, data)
+    hand_smoothness(model, hand_data)
     rows = []
-    for name, hand in (("smoothness", lambda: hand_smoothness(model, data)), ("robust_accuracy", lambda: hand_pgd(model, data))):
+    for name, hand in (("smoothness", lambda: hand_smoothness(model, hand_data)),
+                       ("robust_accuracy", lambda: hand_pgd(model, hand_data))):
         tb, to = interleaved(hand, probe(name), 6 if args.quick else 3)
         goal = 1.2 if name == "smoothness" else 1.05
         rows.append(row(f"{name} (defaults), {n} images, small_cnn", f"hand-written loop {tb:.2f}s", f"{to:.2f}s",
                         to / tb, f"<= {goal}x", to / tb <= goal))
+    return rows
+
+
+# ------------------------------------------------------------------ early exit (issue 20, part 4)
+def _early_exit_case(model, data, before, after, repeats: int, device: str) -> tuple[float, float, dict, dict]:
+    """Interleaved best times of ``am.analyze`` with the probe instances ``before()`` and
+    ``after()`` (fresh each run), and the summaries of their last runs."""
+    import armetrics as am
+
+    out: dict = {}
+
+    def run(key, make):
+        probe = make()
+        out[key] = am.analyze(model, data, [probe], progress=False, samples=False, device=device).summary(probe.name)
+
+    tb, ta = interleaved(lambda: run("b", before), lambda: run("a", after), repeats)
+    return tb, ta, out["b"], out["a"]
+
+
+def _max_rel_diff(b: dict, a: dict, keys) -> float:
+    """Largest relative difference of the summary values ``keys`` (0 where both are equal, inf included)."""
+    worst = 0.0
+    for k in keys:
+        if b[k] != a[k]:
+            worst = max(worst, abs(a[k] - b[k]) / max(abs(b[k]), 1e-300))
+    return worst
+
+
+@bench("early_exit")
+def bench_early_exit(args) -> list[dict]:
+    """robust_accuracy (PGD) and margin's input-space distance (FAB, PGD bisection) as they
+    were before issue 20 (benchmarks/baseline_attacks.py: every sample runs every step and
+    every run) vs today's early exit (PGD: a sample stops at its first misclassified iterate;
+    bisection: a radius's targeted run only on the samples the untargeted run did not flip),
+    interleaved in one process on the shipped eps=0 checkpoint, results compared in the same run."""
+    import armetrics as am
+    from armetrics.probes.margin import Margin
+    from armetrics.probes.robust_accuracy import RobustAccuracy
+    from baseline_attacks import BaselineMargin, BaselineRobustAccuracy
+
+    device = getattr(args, "device", "cpu")
+    model = am.load_model(ROOT / "examples/checkpoints/small_cnn_eps0.pt", arch=f"{ROOT / 'examples/models.py'}:small_cnn",
+                          device=device)
+    repeats = 3 if args.quick else 5
+    rows = []
+    n = 64 if args.quick else 256
+    data = am.load_data("cifar10-sample", n=n, batch_size=128)
+    tb, ta, b, a = _early_exit_case(model, data, BaselineRobustAccuracy, RobustAccuracy, repeats, device)
+    same = (a["robust"], a["correct"]) == (b["robust"], b["correct"])
+    rows.append(row(f"robust_accuracy (PGD defaults), {n} images, eps=0 small_cnn", f"before {tb:.2f}s", f"{ta:.2f}s",
+                    ta / tb, "<= 0.7x, equal results", ta / tb <= 0.7 and same,
+                    f"robust {b['robust']} before, {a['robust']} after, of {a['correct']} correct"))
+    keys = [f"input_margin_{nm}_{q}" for nm in ("L2", "Linf") for q in ("mean", "median", "q25", "q75", "failed")]
+    for attack in ("fab", "pgd"):
+        n = 8 if args.quick else 16
+        data = am.load_data("cifar10-sample", n=n, batch_size=n)
+        opts = {"input": True, "attack": attack}
+        tb, ta, b, a = _early_exit_case(model, data, lambda: BaselineMargin(**opts), lambda: Margin(**opts),
+                                        1 if args.quick else 2, device)
+        diff = _max_rel_diff(b, a, keys)
+        rows.append(row(f"margin input=true attack={attack} (L2+Linf), {n} images, eps=0 small_cnn", f"before {tb:.1f}s",
+                        f"{ta:.1f}s", ta / tb, "<= 0.7x, equal results", ta / tb <= 0.7 and diff <= 1e-6,
+                        f"input_margin_* summary: max rel diff {diff:.1e}"))
+    return rows
+
+
+# ------------------------------------------------------------------ cost estimate
+def _estimate_workloads(quick: bool) -> list[tuple[str, Callable[[], torch.nn.Module], int, dict]]:
+    """(label, model factory, images, probe options) of the estimate rows: the shipped
+    small_cnn, and robustbench WideResNets with random weights (smoothness cut down on
+    WRN-28-10 so the row takes minutes on 2 cores)."""
+    import armetrics as am
+
+    def small():
+        return am.load_model(ROOT / "examples/checkpoints/small_cnn_eps0.pt", arch=f"{ROOT / 'examples/models.py'}:small_cnn")
+
+    def wide(depth: int, widen: int):
+        from armetrics._robustbench import import_robustbench
+
+        import_robustbench()
+        from robustbench.model_zoo.architectures.wide_resnet import WideResNet
+
+        torch.manual_seed(0)
+        return WideResNet(depth=depth, widen_factor=widen).eval()
+
+    wrn28 = {"smoothness": {"max_samples": 2, "layers": "block1.layer.0.conv1,block3.layer.3.conv2"}}
+    if quick:
+        return [("small_cnn", small, 16, {}), ("WRN-16-4", lambda: wide(16, 4), 4, {"smoothness": {"max_samples": 2}})]
+    return [("small_cnn", small, 32, {}), ("WRN-16-4", lambda: wide(16, 4), 16, {"smoothness": {"max_samples": 4}}),
+            ("WRN-28-10", lambda: wide(28, 10), 8, wrn28)]
+
+
+@bench("smoothness_speed")
+def bench_smoothness_speed(args) -> list[dict]:
+    """smoothness before issue 20 (``smoothness_before`` in baselines.py: double-backward
+    J q, random start per row, always ``iters`` products) vs today's (forward-mode J q with
+    replayed primal values, warm start, Ritz-residual stop), interleaved in one process on
+    random-weight WRN-16-4 (every row) and WRN-28-10 (three rows and the logits). Rows:
+    the ratio_worst computation alone (``directions=0, pgd_steps=0``) and the whole probe
+    with its defaults; accuracy: each row's ratio_worst vs a 40-product reference (the old
+    iteration with ``iters=40``), and ratio_random before vs after."""
+    import armetrics as am
+    import baselines  # noqa: F401  registers smoothness_before
+    from armetrics._robustbench import import_robustbench
+
+    import_robustbench()
+    from robustbench.model_zoo.architectures.wide_resnet import WideResNet
+
+    rows = []
+    cases = [("WRN-16-4", 16, 4, 4 if args.quick else 8, None),
+             ("WRN-28-10", 28, 10, 2 if args.quick else 4,
+              "block1.layer.0.conv1,block2.layer.0.conv1,block3.layer.3.conv2")]
+    for label, depth, widen, n, layers in cases:
+        torch.manual_seed(0)
+        model = WideResNet(depth=depth, widen_factor=widen).eval().to(args.device if hasattr(args, "device") else "cpu")
+        data = am.load_data("cifar10-sample", n=n, batch_size=n)
+
+        def run(name, **opts):
+            o = {"max_samples": n, "bootstrap": 0, "layers": layers, **opts}
+            return am.analyze(model, data, [name], options={name: o}, progress=False, samples=False).layers(name)
+
+        ref = run("smoothness_before", iters=40, directions=0, pgd_steps=0)
+        for part, opts in (("ratio_worst only", {"directions": 0, "pgd_steps": 0}), ("whole probe, defaults", {})):
+            out = {}
+            tb, ta = interleaved(lambda: out.__setitem__("b", run("smoothness_before", **opts)),
+                                 lambda: out.__setitem__("a", run("smoothness", **opts)), 2)
+            err_a = max(abs(a["ratio_worst"] / r["ratio_worst"] - 1) for a, r in zip(out["a"], ref))
+            err_b = max(abs(b["ratio_worst"] / r["ratio_worst"] - 1) for b, r in zip(out["b"], ref))
+            note = f"ratio_worst vs 40 products: worst row {err_a:.2%} after, {err_b:.2%} before"
+            if opts == {}:
+                rnd = max(abs(a["ratio_random"] / b["ratio_random"] - 1) for a, b in zip(out["a"], out["b"]))
+                pgd = max(abs(a["ratio_pgd"] / b["ratio_pgd"] - 1) for a, b in zip(out["a"], out["b"]))
+                note += f"; ratio_random max rel diff {rnd:.1e}; ratio_pgd max rel diff {pgd:.1e}"
+            rows.append(row(f"smoothness {part}, {label}, {len(ref)} rows, {n} images", f"before {tb:.1f}s", f"{ta:.1f}s",
+                            ta / tb, "<= 0.5x (2x faster), worst row <= 1%", ta / tb <= 0.5 and err_a <= 0.01, note))
+    return rows
+
+
+@bench("estimate")
+def bench_estimate(args) -> list[dict]:
+    """``armetrics.estimate`` (the data pass, timed on slices of the first batch) vs the
+    measured data pass of the same ``analyze`` (its wall time less the weight-only
+    probes'), default probes, on few images."""
+    import armetrics as am
+    from armetrics.cli.analyze import default_probes
+
+    probes = default_probes()
+    rows = []
+    for label, make, n, options in _estimate_workloads(args.quick):
+        model = make()
+        data = am.load_data("cifar10-sample", n=n, batch_size=256)
+        t = time.perf_counter()
+        est = am.estimate(model, data, probes, options=options, seed=0)
+        spent = time.perf_counter() - t
+        t = time.perf_counter()
+        report = am.analyze(model, data, probes, options=options, seed=0, progress=False)
+        wall = time.perf_counter() - t
+        entries = report.data["probes"]
+        measured = wall - sum(entries[p]["seconds"] for p in est.weight_seconds)
+        per_probe = {p: round(est.seconds[p] / entries[p]["seconds"], 2) if entries[p]["seconds"] > 0 else None
+                     for p in est.seconds}
+        ratio = est.total / measured
+        note = (f"estimate took {spent:.1f}s; est/measured per probe: "
+                + ", ".join(f"{p} {r}" for p, r in per_probe.items()))
+        rows.append(row(f"estimate vs measured data pass: {label}, {n} images, default probes", f"measured {measured:.1f}s",
+                        f"estimated {est.total:.1f}s", ratio, "within ±30% (0.7-1.3x)", 0.7 <= ratio <= 1.3, note,
+                        estimate=est.to_dict(), probe_seconds={p: entries[p]["seconds"] for p in entries}))
     return rows
 
 
@@ -415,6 +599,8 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="smaller sizes, fewer repeats")
     ap.add_argument("--only", help="comma-separated benchmark names: " + ", ".join(BENCHES))
     ap.add_argument("--out", type=Path, default=HERE / "results.json")
+    ap.add_argument("--device", default="cpu", help="where the smoothness, robust_accuracy, early_exit and data_probes "
+                                                    "benches run (e.g. cuda; see gpu_check.sh)")
     args = ap.parse_args()
     names = args.only.split(",") if args.only else list(BENCHES)
     rows = []

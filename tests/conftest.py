@@ -131,15 +131,22 @@ def cli_inproc(capsys):
 
 
 class _Counting(nn.Module):
-    """Wraps a model and counts its forward calls (``.calls``); the wrapped model is ``inner``."""
+    """Wraps a model and counts its forward calls (``.calls``) and, apart, its forward-mode
+    (dual-input, JVP) calls (``.jvp_calls``); the wrapped model is ``inner``."""
 
     def __init__(self, inner: nn.Module):
         super().__init__()
         self.inner = inner
         self.calls = 0
+        self.jvp_calls = 0
 
     def forward(self, x):
-        self.calls += 1
+        import torch.autograd.forward_ad as fwAD
+
+        if fwAD.unpack_dual(x).tangent is not None:
+            self.jvp_calls += 1
+        else:
+            self.calls += 1
         return self.inner(x)
 
 

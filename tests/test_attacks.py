@@ -123,3 +123,79 @@ def test_pgd_init_and_no_parameter_gradients():
     assert torch.allclose(xa - x, torch.full_like(x, 0.03))  # the init is projected onto the ball
     pgd(net, x, torch.zeros(4, dtype=torch.long), 0.03, norm="L2", steps=3)
     assert all(p.grad is None for p in net.parameters())
+
+
+# ----- early exit (issue 20): a sample leaves the working set at its first misclassified iterate
+def _wrong(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    return out.argmax(dim=1) != y
+
+
+def _batch_sizes(net: nn.Module):
+    """A list that a forward pre-hook fills with the batch size of every call of ``net``."""
+    sizes: list[int] = []
+    handle = net.register_forward_pre_hook(lambda module, args: sizes.append(args[0].shape[0]))
+    return sizes, handle
+
+
+def _gens(idx, base: int = 100):
+    return [torch.Generator().manual_seed(base + int(i)) for i in idx]
+
+
+def test_early_exit_equals_the_full_run_on_a_linear_binary_classifier():
+    """Linf PGD on a binary linear model moves every coordinate monotonically against the
+    margin, so a sample misclassified at some iterate is misclassified at the last one:
+    stopping it there breaks exactly the samples the full run breaks."""
+    net, _ = linear_binary(seed=3)
+    eps, n = 0.1, 64
+    x = interior_batch(n, eps, seed=4)
+    with torch.no_grad():
+        y = net(x).argmax(1)
+    full = pgd(net, x, y, eps, norm="Linf", steps=10, generator=_gens(range(n)))
+    sizes, handle = _batch_sizes(net)
+    early = pgd(net, x, y, eps, norm="Linf", steps=10, generator=_gens(range(n)), stop=_wrong)
+    handle.remove()
+    with torch.no_grad():
+        broken_full, broken_early = _wrong(net(full), y), _wrong(net(early), y)
+    assert torch.equal(broken_full, broken_early) and 0 < int(broken_full.sum()) < n
+    assert torch.allclose(early[~broken_early], full[~broken_full], atol=1e-6)  # never stopped: the same path
+    assert (early - x).abs().amax() <= eps + 1e-6 and early.min() >= 0 and early.max() <= 1
+    # the working set shrinks: later steps run only on the samples still correct
+    assert sizes[0] == n and all(a >= b for a, b in zip(sizes, sizes[1:])) and sizes[-1] < n
+    assert sum(sizes) < 10 * n
+
+
+def test_early_exit_only_adds_broken_samples_and_keeps_unstopped_paths():
+    """On a ReLU net a final point can drift back to the right class: early exit keeps the
+    first misclassified iterate, so it breaks every sample the full run breaks (a sample
+    it never stops follows the same path to the same last point), and maybe more."""
+    g = torch.Generator().manual_seed(7)
+    net = nn.Sequential(nn.Flatten(), nn.Linear(48, 32), nn.ReLU(), nn.Linear(32, 4)).eval()
+    x = torch.rand(48, 3, 4, 4, generator=g)
+    with torch.no_grad():
+        y = net(x).argmax(1)
+    for norm, eps in (("Linf", 0.05), ("L2", 0.4)):
+        full = pgd(net, x, y, eps, norm=norm, steps=8, generator=_gens(range(48)))
+        early = pgd(net, x, y, eps, norm=norm, steps=8, generator=_gens(range(48)), stop=_wrong)
+        with torch.no_grad():
+            broken_full, broken_early = _wrong(net(full), y), _wrong(net(early), y)
+        assert bool((broken_early | ~broken_full).all())  # full-run broken => early broken
+        moved = (early - full).flatten(1).abs().amax(1) > 1e-6  # the samples that stopped early
+        assert bool(broken_early[moved].all())  # a stopped sample keeps a misclassified point
+        assert 0 < int(broken_early.sum()) < 48
+
+
+def test_early_exit_never_firing_is_the_plain_run_and_each_sample_ignores_its_batch():
+    net = nn.Sequential(nn.Flatten(), nn.Linear(48, 16), nn.ReLU(), nn.Linear(16, 3)).eval()
+    x = torch.rand(12, 3, 4, 4, generator=torch.Generator().manual_seed(0))
+    y = torch.tensor([0, 1, 2] * 4)
+    never = lambda out, t: torch.zeros(out.shape[0], dtype=torch.bool)  # noqa: E731
+    for norm, eps in (("Linf", 0.1), ("L2", 0.5)):
+        plain = pgd(net, x, y, eps, norm=norm, steps=5, generator=_gens(range(12)))
+        sizes, handle = _batch_sizes(net)
+        kept = pgd(net, x, y, eps, norm=norm, steps=5, generator=_gens(range(12)), stop=never)
+        handle.remove()
+        assert torch.equal(plain, kept) and sizes == [12] * 5
+        whole = pgd(net, x, y, eps, norm=norm, steps=5, generator=_gens(range(12)), stop=_wrong)
+        order = torch.tensor([7, 2, 11, 4, 0])  # another batch: other samples, another order
+        part = pgd(net, x[order], y[order], eps, norm=norm, steps=5, generator=_gens(order.tolist()), stop=_wrong)
+        assert torch.allclose(part, whole[order], atol=1e-6)

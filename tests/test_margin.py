@@ -327,3 +327,41 @@ def test_margin_confidence_accuracy_share_one_forward_per_batch(tiny_net, tiny_n
     assert m["frac_negative"] <= 1 - acc <= m["frac_negative"] + m["frac_zero"]
     assert report.summary("confidence")["accuracy"] == acc
     assert set(report.distributions("margin")) == {"logit_margin", "prob_margin", "normalized_margin"}
+
+
+def test_bisection_runs_skip_samples_an_earlier_run_flipped():
+    """Per radius, the targeted PGD runs attack only the samples the untargeted run left
+    unflipped (issue 20's early exit): the answer equals running every run on every
+    sample (a flip by any run counts), and the later runs see smaller batches."""
+    from armetrics.attacks import pgd
+    from armetrics.boundary import _flips, _targeted, _untargeted, linearized_targets
+
+    model, x, y = linear_problem(4, n=16, seed=6)
+    x, y = x[1:], y[1:]  # the correctly classified ones
+    ref = analytic_distance(model, x, y, "L2").float()
+    eps = torch.where(torch.arange(15) % 2 == 0, ref * 1.02, ref * 0.5)  # half within reach, half not
+    tc = linearized_targets(model, x, y, "L2", 2)
+    every = torch.zeros(15, dtype=torch.bool)
+    for loss in (_untargeted, _targeted(tc[:, 0]), _targeted(tc[:, 1])):
+        adv = pgd(model, x, y, eps, norm="L2", steps=10, random_init=False, loss_fn=loss)
+        with torch.no_grad():
+            every |= model(adv).argmax(1) != y
+    sizes: list[int] = []
+    handle = model.register_forward_pre_hook(lambda module, args: sizes.append(args[0].shape[0]))
+    try:
+        got = _flips(model, x, y, eps, "L2", 10, tc)
+    finally:
+        handle.remove()
+    assert torch.equal(got, every) and 0 < int(got.sum()) < 15
+    untargeted_flips = 15 - sizes[11]  # 10 PGD steps + the check of the untargeted run, then the next run
+    assert sizes[:11] == [15] * 11 and 0 < untargeted_flips and sizes[11] < 15
+    assert all(s < 15 for s in sizes[11:])
+
+
+def test_fab_leaves_no_parameter_gradients():
+    """FAB calls .backward(): the parameters are frozen for the call (no .grad, no weight
+    gradients computed) and their requires_grad restored."""
+    model, x, y = linear_problem(3, n=6, seed=2)
+    assert all(p.requires_grad for p in model.parameters())
+    fab_distance(model, x, y, "L2", max_radius=5.0, steps=5)
+    assert all(p.grad is None and p.requires_grad for p in model.parameters())

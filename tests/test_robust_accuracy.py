@@ -168,3 +168,41 @@ def test_options():
     assert all(math.isnan(v) for v in wilson_interval(0, 0))
     lo, hi = wilson_interval(8, 10)  # textbook value: (0.4902, 0.9433)
     assert lo == pytest.approx(0.4902, abs=1e-4) and hi == pytest.approx(0.9433, abs=1e-4)
+
+
+def _full_run_robust(net: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, steps: int = 10) -> int:
+    """Robust count of PGD without early exit (every sample all steps, the last point
+    checked), the probe's per-sample starts: (run seed 0, sample index, restart 0)."""
+    batch = Batch(x=x, y=y, logits=None, features={}, model=net, offset=0, seed=0)
+    with torch.no_grad():
+        ok = (net(x).argmax(1) == y).nonzero().flatten()
+    gens = batch.sample_rngs("robust_accuracy/pgd/0", ok.tolist())
+    xa = pgd(net, x[ok], y[ok], eps, norm="Linf", steps=steps, generator=gens)
+    with torch.no_grad():
+        return int((net(xa).argmax(1) == y[ok]).sum())
+
+
+def test_pgd_early_exit_shrinks_the_work_and_keeps_results():
+    """The probe's PGD stops each sample at its first misclassified iterate: on a binary
+    linear model (where that point stays misclassified) the count equals running every
+    sample for all steps; on 5 classes it can only break more (never below the
+    certificate); later steps see fewer samples; the count ignores the batch size."""
+    eps = 4 / 255
+    net, x = linear_model(2), interior(96, eps)
+    y = torch.randint(0, 2, (96,), generator=torch.Generator().manual_seed(2))
+    sizes: list[int] = []
+    handle = net.register_forward_pre_hook(lambda module, args: sizes.append(args[0].shape[0]))
+    try:
+        robust = run(RobustAccuracy(eps=eps), net, x, y, batch_size=96).robust
+    finally:
+        handle.remove()
+    assert robust == _full_run_robust(net, x, y, eps)
+    attack = sizes[1:-1]  # after the clean logits: the PGD steps, then the final check
+    assert all(a >= b for a, b in zip(attack, attack[1:])) and attack[-1] < attack[0]
+    assert len(attack) == 10 and sizes[-1] == attack[0] and sum(attack) < 10 * attack[0]
+    net5, x5 = linear_model(5, seed=3), interior(64, eps, seed=4)
+    with torch.no_grad():
+        y5 = net5(x5).argmax(1)
+    counts = {bs: run(RobustAccuracy(eps=eps), net5, x5, y5, batch_size=bs).robust for bs in (64, 7)}
+    exact = int((certified_margin(net5, x5, y5, eps) > 0).sum())
+    assert counts[64] == counts[7] and exact <= counts[64] <= _full_run_robust(net5, x5, y5, eps)

@@ -129,7 +129,7 @@ def test_linear_network_ratios_are_exact(tmp_path):
         h = (x.flatten(1).double() @ (w1 if name == "1" else w21).T) + _bias(net, name)
         scale = (x.flatten(1).double().norm(dim=1) / h.norm(dim=1)).mean().item()
         assert row["rel_ratio_worst"] == pytest.approx(smax * scale, rel=1e-4)
-        assert row["power_rel_change"] < 1e-4
+        assert row["power_rel_change"] < 5e-3  # stopped by the default tol (1e-2 on sigma^2) or an exhausted space
     assert rows["2"]["type"] == "Linear" and rows["logits"]["type"] == "logits" and rows["2"]["dim"] == 5
     # medians over the module rows "1" and "2"
     assert summary["ratio_worst_median"] == pytest.approx((rows["1"]["ratio_worst"] + rows["2"]["ratio_worst"]) / 2, rel=1e-9)
@@ -163,14 +163,18 @@ def test_relu_net_power_iteration_equals_dense_jacobian_svd():
     """Per sample and layer: sigma_max of the dense Jacobian of that module's OWN output
     (the conv is followed by an in-place ReLU, which must not leak into its row)."""
     net, x = relu_net(), images(6)
-    probe = run(Smoothness(iters=25, directions=0, pgd_steps=0, bootstrap=0), net, x, batch_size=3)
-    rows = rows_by_name(probe.compute())
+    exact = run(Smoothness(iters=25, tol=0, directions=0, pgd_steps=0, bootstrap=0), net, x, batch_size=3)
+    default = run(Smoothness(directions=0, pgd_steps=0, bootstrap=0), net, x, batch_size=3)  # iters 10, tol 1e-2
+    rows = rows_by_name(exact.compute())
     assert list(rows) == ["conv", "fc1", "fc2", "logits"]
-    data = torch.cat([c["ratio_worst"] for c in probe.chunks])  # (n, rows), per sample
+    data = torch.cat([c["ratio_worst"] for c in exact.chunks])  # (n, rows), per sample
+    fast = torch.cat([c["ratio_worst"] for c in default.chunks])
     for j, name in enumerate(rows):
         truth = torch.tensor([torch.linalg.svdvals(layer_jacobian(net, name, x[i:i + 1]))[0].item() for i in range(6)])
         assert torch.allclose(data[:, j].float(), truth, rtol=1e-3), name
         assert rows[name]["ratio_worst"] == pytest.approx(truth.double().mean().item(), rel=1e-3)
+        # the default stops at a Ritz residual of 1e-2: a lower bound within 0.5% of sigma_max
+        assert ((fast[:, j].float() <= truth * (1 + 1e-5)) & (fast[:, j].float() >= truth * (1 - 5e-3))).all(), name
 
 
 def test_relu_net_small_radius_pgd_and_random_directions_match_the_jacobian():

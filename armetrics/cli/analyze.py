@@ -156,12 +156,15 @@ def _sweep_event(event: str, model: str, done: int, total: int) -> None:
 @click.option("--task-gpus", type=float, default=0, show_default=True, help="GPUs each Ray task requests.")
 @click.option("--no-samples", is_flag=True,
               help="Do not write the per-sample side file (REPORT.samples.npz) that claims and audits pair models by.")
-@click.option("--quiet", is_flag=True, help="No progress bar or notes.")
+@click.option("--estimate", "estimate_only", is_flag=True,
+              help="Print the estimated time of each probe and in total, then exit: nothing is run or written.")
+@click.option("--quiet", is_flag=True, help="No progress bars, estimate or notes.")
 @debug_option
 def analyze_cmd(models, arch, arch_kwargs, probes, data_src, preprocess, corruption, severity, n, batch_size, seed,
                 device, sets, mean, std, model_dir, dataset, threat_model, trust_code, out, out_dir, executor,
-                ray_address, task_cpus, task_gpus, no_samples, quiet) -> None:
+                ray_address, task_cpus, task_gpus, no_samples, estimate_only, quiet) -> None:
     """Analyze MODEL (a checkpoint file or robustbench:NAME) with the selected probes."""
+
     from .. import checks, distributed
     from ..engine import analyze as run_analysis, make_probes
     from ..options import parse_sets
@@ -192,10 +195,12 @@ def analyze_cmd(models, arch, arch_kwargs, probes, data_src, preprocess, corrupt
     if out and out != "-":
         check_output_path(out, inputs)  # before anything is loaded: a wrong --out costs nothing
     progress = False if quiet else None
+    if executor != "local" and not out_dir:
+        raise click.UsageError("--executor ray runs sweeps: give --out-dir DIR")
+    if estimate_only:
+        return _print_estimates(models, arch, load_kwargs, spec, probes, options, seed, device, d)
     if out_dir:
-        from ..sweep import run_sweep
-
-        from ..sweep import model_data_spec
+        from ..sweep import model_data_spec, run_sweep
 
         # zoo models with a preprocessing of their own get their data in the sweep, per preprocessing
         shared = spec is not None and all(model_data_spec(m, load_kwargs, spec) == spec for m in models)
@@ -207,17 +212,40 @@ def analyze_cmd(models, arch, arch_kwargs, probes, data_src, preprocess, corrupt
         if d is None or d.is_main:
             click.echo(format_sweep(rows))
         sys.exit(0 if all(status != "failed" for _, status, _ in rows) else 1)
-    if executor != "local":
-        raise click.UsageError("--executor ray runs sweeps: give --out-dir DIR")
     model, data = _load_model_and_data(models[0], arch, load_kwargs, spec)
-    if not quiet:  # an architecture found from the weights: say which, and why
-        for note in getattr(getattr(model, "armetrics_info", None), "notes", []):
-            if note.startswith("architecture: "):
-                click.echo(note, err=True)
+    if not quiet:
+        _architecture_notes(model)
     report = run_analysis(model, data, probes, options=options, seed=seed, device=device, progress=progress,
-                          out_path=None if out in (None, "-") else out, samples=not no_samples)
+                          out_path=None if out in (None, "-") else out, samples=not no_samples,
+                          on_estimate=None if quiet else _echo_estimate)
     if report is not None:  # None: a non-zero rank of a distributed run (rank 0 reports)
         _print_report(report, out, quiet, inputs)
+
+
+def _architecture_notes(model) -> None:
+    """An architecture found from the weights: say which, and why (stderr)."""
+    for note in getattr(getattr(model, "armetrics_info", None), "notes", []):
+        if note.startswith("architecture: "):
+            click.echo(note, err=True)
+
+
+def _echo_estimate(estimate) -> None:
+    """The cost estimate, on stderr before the data pass."""
+    click.echo(str(estimate), err=True)
+
+
+def _print_estimates(models, arch: str | None, load_kwargs: dict, spec: dict | None, probes, options, seed: int,
+                     device: str, d) -> None:
+    """``--estimate``: each model's estimate (:func:`armetrics.estimation.estimate`) on
+    stdout, prefixed by the model with several; nothing is written (on rank 0 only)."""
+    from ..estimation import estimate
+
+    if d is not None and not d.is_main:
+        return
+    for source in models:
+        model, data = _load_model_and_data(source, arch, load_kwargs, spec)
+        result = estimate(model, data, probes, options=options, seed=seed, device=device)
+        click.echo(f"{source}: {result}" if len(models) > 1 else str(result))
 
 
 def _data_spec(models, arch: str | None, load_kwargs: dict, sweep: bool, needs_data: bool, data_src: str,

@@ -7,7 +7,11 @@ attack's output ``x'`` with ``||x' - x||_norm <= eps`` and ``x'`` in [0, 1]^d::
 
 Attacks: ``pgd`` (Madry et al. 2018; ``steps`` steps of size 2.5*eps/steps on the
 cross-entropy from a uniformly random start, ``restarts`` times — a sample is broken
-when any restart's final point is misclassified), or ``autoattack`` (Croce & Hein
+when any iterate of any restart is misclassified: as AutoAttack / RobustBench keep any
+successful point, a sample stops at its first misclassified iterate, a valid adversarial
+point in the ball, and leaves the working set, so later steps run only on the samples
+still robust; a final point that drifted back to the right class no longer hides an
+earlier success), or ``autoattack`` (Croce & Hein
 2020, the standard version: APGD-CE, APGD-T, FAB-T, Square, via ``pyautoattack``).
 An attack only gives an upper bound of the true robust accuracy; AutoAttack's is the
 usual reference. Only samples classified correctly at ``x`` are attacked.
@@ -32,6 +36,11 @@ from ..probe import Batch, Probe, ProbeResult, Range
 from ..registry import register_probe
 
 DEFAULT_EPS = {"Linf": 8 / 255, "L2": 0.5}  # RobustBench's CIFAR-10 threat models
+
+
+def _misclassified(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """PGD's early exit: a sample whose iterate is misclassified is broken (keep that point)."""
+    return ~top1_correct(logits, y)
 
 
 def wilson_interval(k: int, n: int, z: float = 1.959963984540054) -> tuple[float, float]:
@@ -90,6 +99,9 @@ class RobustAccuracy(Probe):
     (``robust_accuracy_ci_low/high``), ``accuracy`` (clean), ``n``, ``correct``,
     ``robust`` (counts), ``attack_success_rate`` (broken / correct), ``eps`` (the
     radius used, [0, 1] pixel units). Details: messages AutoAttack emitted.
+
+    PGD exits early: a sample is broken at its first misclassified iterate (that point
+    is kept, as AutoAttack does) and the later steps run only on the samples still robust.
     """
 
     headline = ('robust_accuracy', 'accuracy')
@@ -139,7 +151,7 @@ class RobustAccuracy(Probe):
                 break
             gens = batch.sample_rngs(f"robust_accuracy/pgd/{r}", [pos[i] for i in idx.tolist()])
             xa = pgd(model, x[idx], y[idx], self.radius, norm=self.norm, steps=self.steps,
-                     random_init=True, clamp=(0.0, 1.0), generator=gens)
+                     random_init=True, clamp=(0.0, 1.0), generator=gens, stop=_misclassified)
             with torch.no_grad():
                 robust[idx] = top1_correct(model(xa), y[idx])
         return robust

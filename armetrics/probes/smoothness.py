@@ -48,6 +48,7 @@ from ..attacks import pgd
 from ..errors import ProbeError, first_line
 from ..functional import flat_norm, logits as model_logits, seeded_generator, twice_differentiable
 from ..hooks import select_layers, tap_outputs
+from .. import tangents
 from ..jacobian import directional_derivative_norms, top_singular_value, truncated
 from ..probe import Batch, Context, Graph, Probe, ProbeResult, Range, Samples
 from ..registry import register_probe
@@ -55,8 +56,38 @@ from ..linalg import LINEAR_TYPES
 from ..stats import Histogram
 
 LOGITS = "logits"
+#: weight of the seeded random unit vector added to the previous row's top vector in each
+#: row's start vector (ratio_worst): the previous row gives a good start, the random part
+#: keeps every direction in reach
+WARM_MIX = 0.5
 #: quantities stored per sample and row (N x L each)
 PER_ROW = ("ratio_random", "ratio_worst", "ratio_worst_prev", "ratio_pgd", "h_norm")
+
+
+def _unit_rows(t: torch.Tensor) -> torch.Tensor:
+    """Each sample of ``t`` (B, ...) scaled to unit L2 norm."""
+    return t / flat_norm(t).clamp_min(1e-30).view(-1, *([1] * (t.ndim - 1)))
+
+
+def _no_tick() -> None:
+    """No progress to report (outside ``update``)."""
+
+
+class _Ticker:
+    """Progress inside one ``update``: the batch's ``n`` samples are spread evenly over
+    ``parts`` steps (random directions, then each row's iteration and PGD), and each step
+    reports its share to the progress bar (:meth:`Batch.advance`), so a bar of samples
+    moves while a large batch is measured."""
+
+    def __init__(self, batch: Batch, n: int, parts: int):
+        self.batch, self.n, self.parts, self.done, self.reported = batch, n, max(parts, 1), 0, 0
+
+    def __call__(self) -> None:
+        self.done += 1
+        due = min(self.n, self.n * self.done // self.parts)
+        if due > self.reported:
+            self.batch.advance(due - self.reported)
+            self.reported = due
 
 
 def default_radius(d: int) -> float:
@@ -131,8 +162,11 @@ class Smoothness(Probe):
         radius: Annotated[float | None, "L2 norm of the input perturbation (default (8/255)*sqrt(d)); 0: derivatives, no ratio_pgd",
                           Range(0)] = None,
         directions: Annotated[int, "random directions per sample (0: no ratio_random)", Range(0, 10_000)] = 4,
-        iters: Annotated[int, "J^T J products (Krylov power iteration) for ratio_worst (0: no ratio_worst)",
+        iters: Annotated[int, "at most this many J^T J products (Krylov power iteration) for ratio_worst (0: no ratio_worst)",
                          Range(0, 1_000)] = 10,
+        tol: Annotated[float, "a sample's ratio_worst iteration stops once its Ritz residual is below tol times "
+                              "the estimate of sigma^2 (then sigma is within tol/2); 0: always iters products",
+                       Range(0, 1)] = 1e-2,
         pgd_steps: Annotated[int, "L2 PGD steps for ratio_pgd (0: none)", Range(0, 10_000)] = 10,
         max_samples: Annotated[int | None, "measure the first N samples of the run only (none: all)", Range(1)] = 256,
         bootstrap: Annotated[int, "bootstrap resamples for 95% confidence intervals (0: none)", Range(0, 100_000)] = 1000,
@@ -144,6 +178,7 @@ class Smoothness(Probe):
         self._names: list[str] = []
         self._types: dict[str, str] = {}
         self._logits_row = LOGITS
+        self._tick = _no_tick
 
     # ----- setup ---------------------------------------------------------------
     def setup(self, ctx: Context) -> None:
@@ -193,12 +228,14 @@ class Smoothness(Probe):
             xg, h, calls, alias = self._outputs(model, x)
         h0 = {k: v.detach().flatten(1) for k, v in h.items()}
         work = [r for r in rows if r not in alias]
+        self._tick = _Ticker(batch, n, 1 + len(work) * ((self.iters > 0) + (self.pgd_steps > 0 and radius > 0)))
         out["h_norm"] = torch.stack([flat_norm(h0[r]) for r in rows], 1).double().cpu()
         # 2. random directions: all rows share each perturbed forward pass
         if self.directions > 0:
             out["ratio_random"] = self._random_ratios(model, x, batch, pos, radius, h0)
+        self._tick()
         # 3. worst direction: power iteration on J^T J per row, one shared forward graph
-        v_top = self._worst_ratios(xg, h, x, batch, pos, work, col, out) if self.iters > 0 else {}
+        v_top = self._worst_ratios(xg, h, x, batch, pos, work, col, out, calls) if self.iters > 0 else {}
         del h, xg  # the graph is not needed any more
         batch.release_graph(self)
         # 4. PGD in the L2 ball of radius, maximizing ||h(x+delta) - h(x)||, one run per row
@@ -208,6 +245,7 @@ class Smoothness(Probe):
         for nm, src in alias.items():
             for k in ("ratio_worst", "ratio_worst_prev", "ratio_pgd"):
                 out[k][:, col[nm]] = out[k][:, col[src]]
+        self._tick = _no_tick  # drop the batch
         meta = {"d": d, "dims": [int(h0[r].shape[1]) for r in rows]}
         self.chunks = self.chunks + [{"index": (batch.offset + pos).long().cpu(),
                                       "x_norm": flat_norm(x).double().cpu(), **out, "meta": meta}]
@@ -256,23 +294,45 @@ class Smoothness(Probe):
 
     def _worst_ratios(self, xg: torch.Tensor, h: dict[str, torch.Tensor], x: torch.Tensor, batch: Batch,
                       pos: torch.Tensor, work: list[str], col: dict[str, int],
-                      out: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+                      out: dict[str, torch.Tensor], calls: dict[str, int]) -> dict[str, torch.Tensor]:
         """Fill ``ratio_worst`` and ``ratio_worst_prev`` of the ``work`` rows in ``out``;
-        returns each row's top right singular vector estimate (the PGD start)."""
+        returns each row's top right singular vector estimate (the PGD start).
+
+        ``J q`` comes from a forward-mode pass of the network up to the row's module
+        (:func:`armetrics.tangents.jvp`; the double-backward trick where forward mode
+        fails), ``J^T w`` from the shared graph. Each row starts at the previous row's
+        top vector plus half a seeded random unit vector: rows of one network share much of
+        their top input direction, so the iteration starts near it and still explores."""
         v_top: dict[str, torch.Tensor] = {}
-        v0 = torch.stack([torch.randn(x.shape[1:], generator=gen, device=x.device, dtype=x.dtype)
-                          for gen in batch.sample_rngs("smoothness/power", pos.tolist())])
+        g = torch.stack([torch.randn(x.shape[1:], generator=gen, device=x.device, dtype=x.dtype)
+                         for gen in batch.sample_rngs("smoothness/power", pos.tolist())])
+        g = _unit_rows(g)
+        previous, cache = None, tangents.PrimalCache()  # one input x: every row replays its primal values
         with torch.enable_grad():
             for r in work:
-                try:
-                    res = top_singular_value(xg, h[r], v0, self.iters)
-                except (RuntimeError, NotImplementedError) as exc:
-                    raise ProbeError(f"smoothness: the Jacobian of {r!r} needs double backward, which this model "
-                                     f"does not support ({first_line(exc, 160)}): use --set smoothness.iters=0") from None
+                v0 = g if previous is None else _unit_rows(previous) + WARM_MIX * g
+                res = self._top_singular(batch.model, xg, x, h[r], r, v0, calls, cache)
                 out["ratio_worst"][:, col[r]] = res.sigma.double().cpu()
                 out["ratio_worst_prev"][:, col[r]] = res.sigma_prev.double().cpu()
-                v_top[r] = res.v
+                v_top[r] = previous = res.v
+                self._tick()
         return v_top
+
+    def _top_singular(self, model: nn.Module, xg: torch.Tensor, x: torch.Tensor, h: torch.Tensor, r: str,
+                      v0: torch.Tensor, calls: dict[str, int], cache: "tangents.PrimalCache"):
+        """:func:`top_singular_value` of row ``r``: forward-mode ``J q`` first, the
+        double-backward trick when the model has no forward-mode rule for some op."""
+        name = "" if r == self._logits_row else r
+        f = truncated(model, name, stop=calls.get(name, 1) == 1)
+        failures = []
+        for jvp in (lambda q: tangents.jvp(f, x, q, cache), None):
+            try:
+                with twice_differentiable():
+                    return top_singular_value(xg, h, v0, self.iters, jvp=jvp, tol=self.tol)
+            except (RuntimeError, NotImplementedError) as exc:
+                failures.append(first_line(exc, 120))
+        raise ProbeError(f"smoothness: the Jacobian of {r!r} needs forward-mode AD or double backward, and this model "
+                         f"supports neither ({failures[0]}; {failures[1]}): use --set smoothness.iters=0")
 
     def _pgd_ratios(self, model: nn.Module, x: torch.Tensor, batch: Batch, pos: torch.Tensor, radius: float,
                     work: list[str], col: dict[str, int], h0: dict[str, torch.Tensor], calls: dict[str, int],
@@ -290,6 +350,7 @@ class Smoothness(Probe):
             with torch.no_grad():
                 ha = model_logits(f, xa).flatten(1)
             out["ratio_pgd"][:, col[r]] = (flat_norm(ha - target) / flat_norm(xa - x)).double().cpu()
+            self._tick()
 
     def _random_pass(self, model: nn.Module, x: torch.Tensor, u: torch.Tensor, radius: float,
                      h0: dict[str, torch.Tensor], names: list[str]) -> dict[str, torch.Tensor]:
