@@ -134,8 +134,10 @@ def test_pgd_early_exit_on_the_device_equals_the_cpu_given_the_same_starts(exact
     from the same points): the same samples broken, the same points to float rounding."""
     from armetrics.attacks import pgd
 
-    torch.manual_seed(0)
-    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(192, 32), torch.nn.ReLU(), torch.nn.Linear(32, 4)).eval()
+    with torch.random.fork_rng():  # the same weights whatever ran before, and the global RNG left alone
+        torch.manual_seed(0)
+        net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(192, 32), torch.nn.ReLU(),
+                                  torch.nn.Linear(32, 4)).eval()
     x = torch.rand(32, 3, 8, 8, generator=torch.Generator().manual_seed(3))
     with torch.no_grad():
         y = net(x).argmax(1)
