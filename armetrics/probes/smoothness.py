@@ -49,7 +49,7 @@ from ..errors import ProbeError, first_line
 from ..functional import flat_norm, logits as model_logits, seeded_generator, twice_differentiable
 from ..hooks import select_layers, tap_outputs
 from .. import tangents
-from ..jacobian import directional_derivative_norms, top_singular_value, truncated
+from ..jacobian import _unit as _unit_rows, directional_derivative_norms, top_singular_value, truncated
 from ..probe import Batch, Context, Graph, Probe, ProbeResult, Range, Samples
 from ..registry import register_probe
 from ..linalg import LINEAR_TYPES
@@ -62,11 +62,6 @@ LOGITS = "logits"
 WARM_MIX = 0.5
 #: quantities stored per sample and row (N x L each)
 PER_ROW = ("ratio_random", "ratio_worst", "ratio_worst_prev", "ratio_pgd", "h_norm")
-
-
-def _unit_rows(t: torch.Tensor) -> torch.Tensor:
-    """Each sample of ``t`` (B, ...) scaled to unit L2 norm."""
-    return t / flat_norm(t).clamp_min(1e-30).view(-1, *([1] * (t.ndim - 1)))
 
 
 def _no_tick() -> None:
