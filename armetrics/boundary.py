@@ -28,11 +28,11 @@ Two attacks:
   for 14 steps) of the radius at which PGD succeeds. Cost: ``(search_steps + 1) *
   steps`` forward-backward passes, times at most ``1 + targets`` (one untargeted run and
   one per target class; a radius's later runs skip the samples an earlier run flipped,
-  which leaves the result unchanged: a flip by any run counts).
+  and within a run a sample stops at its first misclassified iterate: work shrinks as
+  the attack succeeds).
 
-Neither search stops a sample early otherwise: results stay those of the full search
-(FAB improves its best point until its last iteration; a PGD run is judged by its last
-iterate). See docs/probes/margin.md, "Early exit and equal results".
+FAB does not stop a sample early: it improves its best point until its last iteration.
+See docs/probes/margin.md, "Early exit and equal results".
 
 Both return ``BoundaryDistance(distance, found)`` with one float64 distance per sample.
 """
@@ -215,22 +215,27 @@ def _untargeted(out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return (other.amax(dim=1) - z_y).sum()
 
 
-def _targeted(t: torch.Tensor):
-    """Targeted loss ``z_t - z_y`` summed over the batch, for the target classes ``t`` (B,)."""
+def _targeted(out: torch.Tensor, yt: torch.Tensor) -> torch.Tensor:
+    """Targeted loss ``z_t - z_y`` summed over the batch; ``yt`` (B, 2) holds ``[y, t]``
+    per sample (label and target class travel together through PGD's early exit)."""
+    return (out.gather(1, yt[:, 1:2]) - out.gather(1, yt[:, 0:1])).sum()
 
-    def loss(out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return (out.gather(1, t[:, None]) - out.gather(1, target[:, None])).sum()
 
-    return loss
+def _flipped(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """PGD's early exit: the prediction is no longer the label (``y`` (B,) or ``[y, t]``)."""
+    return out.argmax(dim=1) != (y if y.ndim == 1 else y[:, 0])
 
 
 def _flips(model, x, y, eps, norm, steps, target_classes) -> torch.Tensor:
     """Does PGD within radius ``eps`` (per sample) change the prediction? (bool, (B,))
     One untargeted run (margin loss) plus one targeted run per column of ``target_classes``.
 
-    Early exit: each run attacks only the samples no earlier run flipped (a flip by any
-    run counts, and every run is per sample), so the result is the one of running every
-    run on every sample, and the work shrinks as the runs succeed."""
+    Early exit, twice: each run attacks only the samples no earlier run flipped, and
+    within a run a sample stops at its first iterate that is misclassified (it is inside
+    the ball, so the radius is proven to flip); the rest go on. A sample's path until it
+    stops is the one of the full run, so a flip the full run ends with is found as well;
+    a flip at an earlier iterate that a later step undoes now counts too (revision 2 of
+    ``margin``: distances can only get smaller, each one still an adversarial point)."""
     eps = torch.as_tensor(eps, dtype=x.dtype, device=x.device).expand(x.shape[0])
     flipped = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
     columns = [None] + list(range(target_classes.shape[1] if target_classes is not None else 0))
@@ -238,9 +243,9 @@ def _flips(model, x, y, eps, norm, steps, target_classes) -> torch.Tensor:
         todo = (~flipped).nonzero().flatten()
         if todo.numel() == 0:
             break
-        loss = _untargeted if col is None else _targeted(target_classes[todo, col])
-        adv = pgd(model, x[todo], y[todo], eps[todo], norm=norm, steps=steps, random_init=False, loss_fn=loss,
-                  clamp=(0.0, 1.0))
+        yt = y[todo] if col is None else torch.stack([y[todo], target_classes[todo, col]], 1)
+        adv = pgd(model, x[todo], yt, eps[todo], norm=norm, steps=steps, random_init=False,
+                  loss_fn=_untargeted if col is None else _targeted, clamp=(0.0, 1.0), stop=_flipped)
         flipped[todo] = _predict(model, adv).argmax(dim=1) != y[todo]
     return flipped.cpu()
 

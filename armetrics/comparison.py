@@ -152,7 +152,7 @@ def _short(value: Any, limit: int = 60) -> str:
 
 
 def check_compatible(entries: Sequence[Entry]) -> None:
-    """Raise ReportError when reports differ in schema or in the config of a probe they share."""
+    """Raise ReportError when reports differ in schema, or in the config or method revision of a probe they share."""
     schemas = {e.report.data["schema"] for e in entries}
     if len(schemas) > 1:
         raise ReportError(f"reports have different schemas ({', '.join(sorted(schemas))}): "
@@ -163,6 +163,13 @@ def check_compatible(entries: Sequence[Entry]) -> None:
             if probe not in first:
                 first[probe] = e
                 continue
+            ra, rb = first[probe].report.revision(probe), e.report.revision(probe)
+            if ra != rb:
+                old = first[probe].origin if ra < rb else e.origin
+                raise ReportError(
+                    f"reports ran probe {one_line(probe)[:60]!r} with different method revisions ({ra} in "
+                    f"{first[probe].origin} vs {rb} in {e.origin}): re-run `armetrics analyze` for {old} "
+                    f"with this armetrics")
             # as JSON values: an in-memory report's tuple equals the list it is saved as
             a, b = to_jsonable(first[probe].report.config(probe)), to_jsonable(e.report.config(probe))
             diff = sorted(k for k in set(a) | set(b) if a.get(k, "<unset>") != b.get(k, "<unset>"))

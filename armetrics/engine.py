@@ -120,6 +120,8 @@ def model_section(model: nn.Module) -> dict[str, Any]:
 def _result_entry(probe: Probe, result: ProbeResult, seconds: float) -> dict[str, Any]:
     entry = {"config": probe.config, "summary": result.summary, "layers": result.layers,
              "distributions": result.distributions, "seconds": seconds}
+    if probe.revision > 1:
+        entry["revision"] = probe.revision
     if result.details:
         entry["details"] = result.details
     return entry

@@ -395,6 +395,11 @@ class Probe:
     needs_data: ClassVar[bool] = True
     #: summary keys the CLI's table shows (None: all of them; the report has everything)
     headline: ClassVar[tuple[str, ...] | None] = None
+    #: the probe's numbers for a given config: bump it when a change of method changes
+    #: them, so that reports made before are not taken for the same result (sweeps reuse
+    #: a report only when its fingerprint, which holds the revisions above 1, is equal;
+    #: reports record a revision above 1 in the probe's entry)
+    revision: ClassVar[int] = 1
     #: whether ``update`` differentiates through the shared forward pass: the engine then
     #: runs it with the input requiring grad and hands the graph over as ``batch.graph``
     #: (an instance may set it in ``__init__`` or ``setup`` from its options)

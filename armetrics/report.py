@@ -322,6 +322,11 @@ class Report:
     def config(self, probe: str) -> dict[str, Any]:
         return dict(self._probe(probe)["config"])
 
+    def revision(self, probe: str) -> int:
+        """The method revision of ``probe`` in this report (:attr:`armetrics.probe.Probe.revision`; 1 when absent)."""
+        rev = self._probe(probe).get("revision", 1)
+        return rev if isinstance(rev, int) and not isinstance(rev, bool) else 1
+
     @property
     def model(self) -> dict[str, Any]:
         return self.data["model"]

@@ -155,24 +155,28 @@ def fingerprint(model: str, load_kwargs: dict, data_spec: dict | None, probes, o
                 data_id: str | None = None, samples: bool = True) -> str:
     """What determines a model's report; equal fingerprints mean the report can be reused:
     the model (resolved path and weight file hashes), the ``--arch`` code's hash, the
-    loading options, probe configs, the data selection and its content (``data_id``,
+    loading options, probe configs and revisions (``Probe.revision``), the data selection and its content (``data_id``,
     :meth:`armetrics.data.Data.fingerprint`), the seed and the armetrics version."""
     from . import __version__
     from .engine import make_probes
 
+    made = make_probes(probes, options)
     key: dict[str, Any] = {
         "armetrics": __version__,
         "model": model_identity(model, load_kwargs),
         "sha256": _weights_sha256(model, load_kwargs),
         "arch_code": code_sha256(load_kwargs.get("arch")),
         "load": {k: v for k, v in load_kwargs.items() if k != "device"},
-        "probes": {p.name: p.config for p in make_probes(probes, options)},
+        "probes": {p.name: p.config for p in made},
         "data": data_spec,
         "data_content": data_id,
         "seed": seed,
     }
     if not samples:  # (only then: fingerprints of default runs stay as they were)
         key["samples"] = False
+    revisions = {p.name: p.revision for p in made if p.revision > 1}
+    if revisions:  # a probe whose method changed its numbers: older reports are not reused
+        key["revisions"] = revisions
     return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()
 
 

@@ -207,6 +207,36 @@ def test_incompatible_probe_config_is_an_error(reports, tmp_path):
     assert not (tmp_path / "out").exists()  # nothing written
 
 
+def test_reports_of_different_probe_revisions_are_an_error(reports, tmp_path):
+    """A report made before a probe's method changed (its revision) is not compared with a newer one."""
+    data = _dict(reports[0])
+    assert data["probes"]["robust_accuracy"]["revision"] == 2  # early exit changed its numbers
+    del data["probes"]["robust_accuracy"]["revision"]  # as a report written before that
+    old = tmp_path / "old.json"
+    am.Report(data).save(old)
+    with pytest.raises(ReportError, match=r"probe 'robust_accuracy' with different method revisions \(2 in .* vs 1 in "
+                                          r".*\): re-run `armetrics analyze` for .*old\.json") as err:
+        compare([reports[1], old], tmp_path / "out")
+    assert "\n" not in str(err.value)
+    assert not (tmp_path / "out").exists()
+    assert "revision" not in _dict(reports[0])["probes"]["margin"]  # revision 1 is not written
+
+
+def test_fingerprint_follows_probe_revisions(monkeypatch):
+    """Sweeps reuse a report only at an equal fingerprint: a probe's new revision changes it,
+    and revision-1 probes leave fingerprints as they were (no key added)."""
+    from armetrics import sweep
+    from armetrics.probes.margin import Margin
+
+    args = ("m.pt", {}, None, ["margin"], {}, 0)
+    before = sweep.fingerprint(*args)
+    monkeypatch.setattr(Margin, "revision", 2)
+    after = sweep.fingerprint(*args)
+    assert after != before
+    monkeypatch.setattr(Margin, "revision", 1)
+    assert sweep.fingerprint(*args) == before
+
+
 def test_in_memory_report_is_compatible_with_its_saved_copy(npz, tmp_path):
     data = am.load_data(npz, batch_size=64)
     probes = ["margin", "accuracy"]

@@ -113,6 +113,8 @@ class Margin(Probe):
         restarts: Annotated[int, "FAB restarts (the first from x, later ones random)", Range(1, 1_000)] = 1,
     ):
         super().__init__()
+        if input and attack == "pgd":  # 2: bisection's PGD counts a radius as flipping at the first
+            self.revision = 2          # misclassified iterate (early exit), not only at the last one
         self.norms = tuple(n.strip() for n in norms.split(",")) if isinstance(norms, str) else tuple(norms)
         if not self.norms or len(set(self.norms)) != len(self.norms) or not set(self.norms) <= {"L2", "Linf"}:
             raise ConfigError(f"margin.norms must be distinct names from L2, Linf, got {','.join(map(str, self.norms)) or 'nothing'}")

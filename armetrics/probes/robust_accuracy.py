@@ -104,6 +104,9 @@ class RobustAccuracy(Probe):
     is kept, as AutoAttack does) and the later steps run only on the samples still robust.
     """
 
+    #: 2: a PGD sample counts as broken at its first misclassified iterate (early exit), not at the last one
+    revision = 2
+
     headline = ('robust_accuracy', 'accuracy')
 
     def __init__(
