@@ -525,12 +525,17 @@ def _fit(module, state: dict, name: str, dataset: str, shown: str) -> None:
 
     from .loading import align_keys, check_fits
 
+    state = align_keys(state, module.state_dict().keys())
     swin = _swin_inside(module) if dataset == "imagenet" else None
     if swin is not None:
+        # The Swin part sits under ``model.`` beside the wrapper's ``normalize.*`` buffers
+        # (a file saved from the wrapper) or is all of the file (as distributed: robustbench
+        # filters it, then adds ``model.``); timm's filter sees only the Swin keys.
         from timm.models.swin_transformer import checkpoint_filter_fn
 
-        state = checkpoint_filter_fn(align_keys(state, swin.state_dict().keys()), swin)
-    state = align_keys(state, module.state_dict().keys())
+        inner = {k[len("model."):]: v for k, v in state.items() if k.startswith("model.")}
+        rest = {k: v for k, v in state.items() if not k.startswith("model.")}
+        state = {**rest, **{"model." + k: v for k, v in checkpoint_filter_fn(inner, swin).items()}}
     try:
         rb.utils._safe_load_state_dict(module, name, state, BenchmarkDataset(dataset))
     except RuntimeError:

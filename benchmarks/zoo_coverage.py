@@ -104,7 +104,10 @@ def _distributed_files(name: str, dataset: str, threat: str, model_dir: str):
         objs = []
         for i in range(len(paths)):
             parts = rbm._ensemble_parts(name, model, i)
-            objs.append(parts[0][0].state_dict() if parts[0][1] is None else
+            module = parts[0][0]
+            if dataset == "imagenet" and rbm._swin_inside(module) is not None:
+                module = rbm._swin_inside(module)  # the bare Swin: robustbench adds ``model.``
+            objs.append(module.state_dict() if parts[0][1] is None else
                         {key: module.state_dict() for module, key in parts})
     else:
         sd = model.state_dict()
@@ -152,6 +155,8 @@ def child(dataset: str, threat: str, name: str, no_fft: bool) -> dict:
             np.savez(data, x=(x.permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8),
                      y=np.arange(IMAGES) % classes)
             row.update(_analyze(name, dataset, threat, tmp, data, no_fft))
+        if "reason" in row:  # the page names no temporary path
+            row["reason"] = row["reason"].replace(tmp, "DIR")
     row["seconds"] = round(time.perf_counter() - t0, 1)
     return row
 

@@ -315,3 +315,43 @@ def test_sha256_of_an_ensemble_covers_every_file(tmp_path):
     weights[2] = {k: v + 1 if v.is_floating_point() else v for k, v in weights[2].items()}
     torch.save(weights[2], paths[2])
     assert am.load_model(f"robustbench:{case.name}", model_dir=tmp_path).armetrics_info.sha256 != sha
+
+
+def _old_timm_swin(state):
+    """A Swin state_dict as older timm saved it (RobustBench's ImageNet Swin files):
+    stage ``i``'s downsample under ``layers.{i-1}``, the classifier as ``head.``."""
+    import re
+
+    return {re.sub(r"layers\.(\d+)\.downsample", lambda m: f"layers.{int(m.group(1)) - 1}.downsample", k)
+            .replace("head.fc.", "head."): v for k, v in state.items()}
+
+
+@pytest.mark.parametrize("saved", ["distributed", "distributed, older timm", "wrapper's own"])
+def test_imagenet_swin_part_loads_from_each_layout(saved):
+    """MixedNUTS's ImageNet robust part is a ``normalize_model``-wrapped Swin: its file is
+    the bare Swin (what robustbench filters, then prefixes with ``model.``), perhaps in
+    older timm's key names; a file saved from the wrapper holds ``model.*`` beside
+    ``normalize.*``. Each loads to the same logits (regression: the wrapper's file sent
+    ``model.``-prefixed keys into timm's filter, an AttributeError)."""
+    rbm.import_robustbench()
+    from robustbench.model_zoo.architectures.utils_architectures import normalize_model
+    from timm.models.swin_transformer import SwinTransformer
+
+    def make():
+        net = SwinTransformer(img_size=32, patch_size=4, window_size=4, embed_dim=16, depths=(1, 1),
+                              num_heads=(1, 2), num_classes=10)
+        return normalize_model(net, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)).eval()
+
+    torch.manual_seed(0)
+    src = make()
+    with torch.no_grad():
+        for p in src.parameters():
+            p.add_(torch.randn_like(p) * 0.1)
+    state = {"distributed": src.model.state_dict(), "wrapper's own": src.state_dict(),
+             "distributed, older timm": _old_timm_swin(src.model.state_dict())}[saved]
+    torch.manual_seed(1)
+    dst = make()
+    rbm._fit(dst, dict(state), "Bai2024MixedNUTS", "imagenet", "m1.pt")
+    x = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(dst(x), src(x))
