@@ -140,6 +140,38 @@ def top_singular_value(x: torch.Tensor, h: torch.Tensor, v0: torch.Tensor, iters
     return PowerResult(top.sqrt().to(x.dtype), prev.sqrt().to(x.dtype), _unit(v).view_as(x).detach())
 
 
+#: most outputs per sample whose Jacobian :func:`top_singular_value_by_rows` forms
+DENSE_ROWS_MAX = 128
+
+
+def top_singular_value_by_rows(x: torch.Tensor, h: torch.Tensor) -> PowerResult:
+    """Top singular value of ``J = dh/dx`` per sample, exactly, from ``J`` itself: its
+    ``m`` rows (m = outputs per sample, at most :data:`DENSE_ROWS_MAX`) by ``m`` backward
+    passes through ``h``'s graph (row k: the gradient of ``sum_b h[b, k]``, per sample since
+    samples are independent), then the top eigenpair of the ``m x m`` matrix ``J J^T`` in
+    float64. For models whose ``J q`` is out of reach (a custom ``autograd.Function``
+    with neither a ``jvp`` rule nor a differentiable backward) and few outputs (logits).
+    ``sigma_prev`` equals ``sigma`` (nothing left to converge); ``v = J^T u / sigma``.
+    Memory: one ``(B, m, d)`` tensor."""
+    b, m = h.shape[0], h[0].numel()
+    if m > DENSE_ROWS_MAX:
+        raise ProbeError(f"forming the Jacobian needs at most {DENSE_ROWS_MAX} outputs per sample, not {m}")
+    hf = h.reshape(b, m)
+    if not h.requires_grad:
+        zero = torch.zeros(b, dtype=x.dtype, device=x.device)
+        return PowerResult(zero, zero, _unit(torch.ones_like(x)))
+    rows = []
+    for k in range(m):
+        (g,) = torch.autograd.grad(hf[:, k].sum(), x, retain_graph=True, allow_unused=True)
+        rows.append(torch.zeros_like(x) if g is None else g)
+    jac = torch.stack(rows, 1).flatten(2).double()  # (B, m, d)
+    evals, evecs = torch.linalg.eigh(jac @ jac.transpose(1, 2))
+    top = evals[:, -1].clamp_min(0)
+    v = torch.einsum("bm,bmd->bd", evecs[:, :, -1], jac)
+    sigma = top.sqrt().to(x.dtype)
+    return PowerResult(sigma, sigma, _unit(v.to(x.dtype)).view_as(x).detach())
+
+
 def _lanczos(ata, q: torch.Tensor, k: int, tol: float):
     """At most ``k`` products of Lanczos with full reorthogonalization from the unit-scaled
     start ``q`` (B, d): the basis (B, k, d), ``Q^T A Q`` (B, k, k) in float64, and per

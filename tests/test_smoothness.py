@@ -291,3 +291,49 @@ def test_attention_model_jacobians_need_no_double_backward_kernel(tmp_path):
                    options={"smoothness": {"layers": "logits", "iters": 25, "directions": 0, "pgd_steps": 0,
                                            "bootstrap": 0}})
     assert r.layers("smoothness")[0]["ratio_worst"] == pytest.approx(truth, rel=1e-3)
+
+
+class _OnceTanh(torch.autograd.Function):
+    """tanh with a backward that cannot be differentiated and no forward-mode rule, as in
+    models with hand-written adjoint solvers (RobustBench's Kang2021Stable)."""
+
+    @staticmethod
+    def forward(ctx, x):
+        y = torch.tanh(x)
+        ctx.save_for_backward(y)
+        return y
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        (y,) = ctx.saved_tensors
+        return grad * (1 - y * y)
+
+
+class OnceNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(3)
+        self.fc1, self.fc2 = nn.Linear(D, 20), nn.Linear(20, 7)
+
+    def forward(self, x):
+        return self.fc2(_OnceTanh.apply(self.fc1(x.flatten(1))))
+
+
+def test_worst_ratio_without_jvp_or_double_backward_is_exact_from_the_formed_jacobian():
+    """Neither forward mode nor double backward reach past the custom op: rows of few
+    outputs (fc2, logits) get sigma_max from their Jacobian formed row by row; it equals
+    the SVD of the dense Jacobian per sample. fc1 (before the op) keeps forward mode."""
+    net = OnceNet().eval()
+    x = images(6)
+    with pytest.raises(RuntimeError):  # the premise: no forward-mode rule
+        torch.func.jvp(net, (x,), (x,))
+    probe = run(Smoothness(radius=0.5, iters=20, tol=0.0, pgd_steps=0, bootstrap=0), net, x)
+    rows = rows_by_name(probe.compute())
+    per_sample = torch.cat([c["ratio_worst"] for c in probe.chunks])  # (N, rows) in sample order
+    names = list(probe.rows)
+    for name in ("fc1", "fc2", "logits"):
+        truth = [torch.linalg.svdvals(layer_jacobian(net, name, x[i:i + 1]))[0].item() for i in range(len(x))]
+        got = per_sample[:, names.index(name)].tolist()
+        assert got == pytest.approx(truth, rel=1e-5), name
+        assert rows[name]["ratio_worst"] == pytest.approx(float(np.mean(truth)), rel=1e-5)

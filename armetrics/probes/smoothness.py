@@ -49,7 +49,8 @@ from ..errors import ProbeError, first_line
 from ..functional import flat_norm, logits as model_logits, seeded_generator, twice_differentiable
 from ..hooks import select_layers, tap_outputs
 from .. import tangents
-from ..jacobian import _unit as _unit_rows, directional_derivative_norms, top_singular_value, truncated
+from ..jacobian import (DENSE_ROWS_MAX, _unit as _unit_rows, directional_derivative_norms, top_singular_value,
+                        top_singular_value_by_rows, truncated)
 from ..probe import Batch, Context, Graph, Probe, ProbeResult, Range, Samples
 from ..registry import register_probe
 from ..linalg import LINEAR_TYPES
@@ -147,6 +148,8 @@ class Smoothness(Probe):
     ``radius``. See the module docstring for the definitions.
     """
 
+    #: 2: forward-mode J q, warm start and the Ritz-residual stop (ratio_worst, and ratio_pgd's start, changed)
+    revision = 2
     headline = ('ratio_random_median', 'ratio_worst_median', 'anisotropy_median', 'logit_ratio_worst')
     needs_input_grad = True  # h(x) and the Jacobians come from the engine's shared forward
 
@@ -316,7 +319,10 @@ class Smoothness(Probe):
     def _top_singular(self, model: nn.Module, xg: torch.Tensor, x: torch.Tensor, h: torch.Tensor, r: str,
                       v0: torch.Tensor, calls: dict[str, int], cache: "tangents.PrimalCache"):
         """:func:`top_singular_value` of row ``r``: forward-mode ``J q`` first, the
-        double-backward trick when the model has no forward-mode rule for some op."""
+        double-backward trick when the model has no forward-mode rule for some op, and for
+        a row of at most :data:`~armetrics.jacobian.DENSE_ROWS_MAX` outputs (logits) when
+        neither works, the exact value from its Jacobian formed row by row
+        (:func:`~armetrics.jacobian.top_singular_value_by_rows`, first-order backward only)."""
         name = "" if r == self._logits_row else r
         f = truncated(model, name, stop=calls.get(name, 1) == 1)
         failures = []
@@ -326,6 +332,8 @@ class Smoothness(Probe):
                     return top_singular_value(xg, h, v0, self.iters, jvp=jvp, tol=self.tol)
             except (RuntimeError, NotImplementedError) as exc:
                 failures.append(first_line(exc, 120))
+        if h[0].numel() <= DENSE_ROWS_MAX:
+            return top_singular_value_by_rows(xg, h)
         raise ProbeError(f"smoothness: the Jacobian of {r!r} needs forward-mode AD or double backward, and this model "
                          f"supports neither ({failures[0]}; {failures[1]}): use --set smoothness.iters=0")
 
