@@ -165,8 +165,10 @@ def top_singular_value_by_rows(x: torch.Tensor, h: torch.Tensor) -> PowerResult:
         (g,) = torch.autograd.grad(hf[:, k].sum(), x, retain_graph=True, allow_unused=True)
         rows.append(torch.zeros_like(x) if g is None else g)
     jac = torch.stack(rows, 1).flatten(2).double()  # (B, m, d)
+    bad = ~torch.isfinite(jac).flatten(1).all(dim=1)  # non-finite weights or inputs: NaN, not a crash
+    jac = torch.where(bad[:, None, None], torch.zeros_like(jac), jac)
     evals, evecs = torch.linalg.eigh(jac @ jac.transpose(1, 2))
-    top = evals[:, -1].clamp_min(0)
+    top = torch.where(bad, math.nan, evals[:, -1].clamp_min(0))
     v = torch.einsum("bm,bmd->bd", evecs[:, :, -1], jac)
     sigma = top.sqrt().to(x.dtype)
     return PowerResult(sigma, sigma, _unit(v.to(x.dtype)).view_as(x).detach())

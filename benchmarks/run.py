@@ -515,6 +515,7 @@ def _estimate_workloads(quick: bool) -> list[tuple[str, Callable[[], torch.nn.Mo
         return [("small_cnn", small, 16, {}), ("WRN-16-4", lambda: wide(16, 4), 4, {"smoothness": {"max_samples": 2}})]
     return [("small_cnn", small, 32, {}), ("WRN-16-4", lambda: wide(16, 4), 16, {"smoothness": {"max_samples": 4}}),
             ("WRN-16-4, smoothness on 16", lambda: wide(16, 4), 64, {"smoothness": {"max_samples": 16}}),
+            ("WRN-16-4, smoothness on 64", lambda: wide(16, 4), 64, {"smoothness": {"max_samples": 64}}),
             ("WRN-28-10", lambda: wide(28, 10), 8, wrn28)]
 
 

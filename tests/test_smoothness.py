@@ -337,3 +337,15 @@ def test_worst_ratio_without_jvp_or_double_backward_is_exact_from_the_formed_jac
         got = per_sample[:, names.index(name)].tolist()
         assert got == pytest.approx(truth, rel=1e-5), name
         assert rows[name]["ratio_worst"] == pytest.approx(float(np.mean(truth)), rel=1e-5)
+
+
+def test_formed_jacobian_of_a_non_finite_sample_is_nan_and_the_others_exact():
+    """A sample whose Jacobian holds inf/NaN gives NaN (no crash in eigh); the rest are unaffected."""
+    from armetrics.jacobian import top_singular_value_by_rows
+
+    w = torch.randn(3, 5, generator=torch.Generator().manual_seed(0))
+    xg = torch.randn(2, 5, generator=torch.Generator().manual_seed(1)).requires_grad_(True)
+    h = (xg @ w.T) * torch.tensor([[1.0], [math.inf]])  # sample 1: J = inf * W
+    res = top_singular_value_by_rows(xg, h)
+    assert math.isnan(res.sigma[1].item())
+    assert res.sigma[0].item() == pytest.approx(torch.linalg.svdvals(w)[0].item(), rel=1e-6)
